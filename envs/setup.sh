@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Create or update the project's two Python environments (idempotent).
+#   bash envs/setup.sh [jstyle|checker|all]      (default: all)
+# jstyle env: Jittor side, never torch. checker env: PyTorch side, never jittor.
+# Both live at stable paths (see envs/env.sh) so Jittor's core build is paid once per machine.
+# A second run with unchanged requirements is a no-op.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=envs/env.sh
+source "$here/env.sh"
+base_python="${JSTYLE_BASE_PYTHON:-python3}"
+which_envs="${1:-all}"
+case "$which_envs" in jstyle|checker|all) ;; *) echo "usage: bash envs/setup.sh [jstyle|checker|all]" >&2; exit 2;; esac
+
+log() { printf '[envs] %s\n' "$*" >&2; }
+
+stamp_of() {  # requirements file -> hash of (requirements, python version)
+  { cat "$1"; "$base_python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16
+}
+
+make_env() {  # name dir requirements forbidden_module
+  local name="$1" dir="$2" req="$3" forbidden="$4" stamp
+  stamp="$(stamp_of "$req")"
+  if [ -x "$dir/bin/python" ] && [ "$(cat "$dir/.jstyle-stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "$name env up to date: $dir"
+    return 0
+  fi
+  mkdir -p "$(dirname "$dir")"
+  if [ ! -x "$dir/bin/python" ]; then
+    log "creating $name env at $dir"
+    "$base_python" -m venv "$dir"
+  fi
+  log "installing $name requirements ($(basename "$req"))"
+  "$dir/bin/python" -m pip install --disable-pip-version-check -q -r "$req" 2>&1 \
+    | grep -v "^WARNING: Location 'file:" >&2 || true
+  "$dir/bin/python" -m pip check >/dev/null 2>&1 || log "pip check reports conflicts in $name env (continuing)"
+  if ! "$dir/bin/python" - "$req" <<'PY'
+import sys
+from importlib.metadata import version, PackageNotFoundError
+bad = []
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if "==" in line:
+        name, want = line.split("==")
+        try:
+            have = version(name)
+        except PackageNotFoundError:
+            have = None
+        if have is None or have.split("+")[0] != want.split("+")[0]:
+            bad.append(f"{name}=={want} (have {have})")
+if bad:
+    print("not installed as pinned: " + ", ".join(bad[:5]), file=sys.stderr)
+    sys.exit(1)
+PY
+  then
+    log "ERROR: $name env install failed; see pip output above"; exit 1
+  fi
+  if "$dir/bin/python" -c "import $forbidden" >/dev/null 2>&1; then
+    log "ERROR: '$forbidden' is importable in the $name env ($dir); remove it: $dir/bin/pip uninstall $forbidden"
+    exit 1
+  fi
+  echo "$stamp" > "$dir/.jstyle-stamp.tmp" && mv "$dir/.jstyle-stamp.tmp" "$dir/.jstyle-stamp"
+  log "$name env ready: $dir"
+}
+
+warm_jittor() {
+  if [ ! -e "$JITTOR_HOME/.jstyle-core-built" ]; then
+    log "building Jittor's core (about 4 minutes on 2 cores, once per machine)"
+  fi
+  "$JSTYLE_PYTHON" -c "import jittor as jt; assert float((jt.ones((2, 2)) * 2).sum()) == 8.0" \
+    || { log "ERROR: Jittor failed to import; see above (JITTOR_HOME=$JITTOR_HOME)"; exit 1; }
+  mkdir -p "$JITTOR_HOME" && touch "$JITTOR_HOME/.jstyle-core-built"
+}
+
+mkdir -p "$JSTYLE_HOME"
+exec 9>"$JSTYLE_HOME/setup.lock"
+flock 9
+if [ "$which_envs" != checker ]; then
+  make_env jstyle "$JSTYLE_ENV" "$here/jstyle-requirements.txt" torch
+  warm_jittor
+fi
+if [ "$which_envs" != jstyle ]; then
+  make_env checker "$JSTYLE_CHECKER_ENV" "$here/checker-requirements.txt" jittor
+fi

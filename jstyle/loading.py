@@ -1,0 +1,134 @@
+"""Read the public diffusers folder format with numpy only: configs, safetensors, strict loading."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from jittor import nn
+
+from .errors import ConfigError, WeightsError
+
+__all__ = ["read_json", "load_safetensors", "find_weights", "load_state_dict_strict", "load_model"]
+
+M = TypeVar("M", bound=nn.Module)
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+_CONVERT_HINT = "convert it with `bash envs/setup.sh checker && $JSTYLE_CHECKER_PYTHON scripts/convert_to_safetensors.py"
+# Keys some writers add that carry no weights (e.g. transformers' position_ids buffer).
+IGNORED_KEYS = ("text_model.embeddings.position_ids",)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Parse a JSON file; a missing or malformed file is one WeightsError/ConfigError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); restore the file from the original model folder")
+
+
+def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file as numpy arrays; bf16 is widened to float32."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + header_len])
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError):
+        raise WeightsError(f"{path}: not a safetensors file (bad header); re-download or re-convert it")
+    base = 8 + header_len
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        if base + end > len(data):
+            raise WeightsError(
+                f"{path}: truncated ({len(data)} bytes, tensor '{name}' ends at {base + end}); "
+                "copy the file again"
+            )
+        dtype = _DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise WeightsError(f"{path}: tensor '{name}' has unsupported dtype {info['dtype']}")
+        arr = np.frombuffer(data, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=base + start)
+        if info["dtype"] == "BF16":  # bfloat16 = the high half of a float32
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = arr.reshape(info["shape"])
+    return out
+
+
+def find_weights(component_dir: str | Path, variant: str | None = None) -> list[Path]:
+    """The safetensors file(s) of a component folder (sharded index, variant files understood)."""
+    d = Path(component_dir)
+    suffix = f".{variant}.safetensors" if variant else ".safetensors"
+    for stem in ("diffusion_pytorch_model", "model"):
+        index = d / f"{stem}{suffix}.index.json"
+        if index.is_file():
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+            missing = [s for s in shards if not (d / s).is_file()]
+            if missing:
+                raise WeightsError(f"{index}: shard {missing[0]} is missing; copy all shards")
+            return [d / s for s in shards]
+        single = d / f"{stem}{suffix}"
+        if single.is_file():
+            return [single]
+    pickles = sorted(p.name for p in d.glob("*") if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise WeightsError(
+            f"{d / pickles[0]}: pickle weights are refused (they can run code); "
+            f"{_CONVERT_HINT} {d}`"
+        )
+    found = sorted(p.name for p in d.glob("*.safetensors"))
+    hint = f" (found {', '.join(found[:3])}; pass the matching variant)" if found else ""
+    raise WeightsError(f"{d}: no {'*' + suffix} weights file{hint}")
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, np.ndarray], source: str, dtype: str) -> None:
+    """Load `state` into `module`; missing, unexpected or mis-shaped keys raise one WeightsError."""
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    state = {k: v for k, v in state.items() if k not in IGNORED_KEYS or k in own}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {own[k]}" for k in own
+              if k in state and tuple(state[k].shape) != own[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} mis-shaped (e.g. {'; '.join(shapes[:2])})")
+    if problems:
+        raise WeightsError(
+            f"{source}: weights do not fit {type(module).__name__}: " + ", ".join(problems)
+            + "; check that config.json and the weights come from the same model"
+        )
+    np_dtype = np.dtype(dtype)
+    module.load_parameters({
+        k: v.astype(np_dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()
+    })
+
+
+def load_model(cls: type[M], component_dir: str | Path, dtype: str = "float32", variant: str | None = None) -> M:
+    """Build `cls` from `component_dir/config.json` and load its safetensors weights strictly."""
+    d = Path(component_dir)
+    if not d.is_dir():
+        raise WeightsError(f"{d}: folder not found")
+    model = cls.from_config(read_json(d / "config.json"))
+    state: dict[str, np.ndarray] = {}
+    files = find_weights(d, variant)
+    for f in files:
+        state.update(load_safetensors(f))
+    load_state_dict_strict(model, state, str(files[0] if len(files) == 1 else d), dtype)
+    model.eval()
+    return model

@@ -1,0 +1,148 @@
+"""Attention that owns only weights and hands its forward to a small processor object.
+
+Mirrors diffusers' `Attention` / `AttnProcessor`: methods such as StyleID and IP-Adapter swap the
+processor (`set_attn_processor`) instead of forking the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jittor as jt
+from jittor import nn
+
+from ..ops import attention
+
+__all__ = ["Attention", "AttnProcessor", "AttentionHooksMixin"]
+
+
+class AttnProcessor:
+    """Default processor: multi-head scaled dot-product attention (diffusers' AttnProcessor)."""
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: jt.Var,
+        encoder_hidden_states: jt.Var | None = None,
+        attention_mask: jt.Var | None = None,
+    ) -> jt.Var:
+        residual = hidden_states
+        is_image = hidden_states.ndim == 4
+        if is_image:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.reshape(b, c, h * w).transpose(0, 2, 1)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(0, 2, 1)).transpose(0, 2, 1)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(context))
+        value = attn.head_to_batch_dim(attn.to_v(context))
+        out = attn.attend(query, key, value, attention_mask)
+        out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(out)))
+
+        if is_image:
+            out = out.transpose(0, 2, 1).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class Attention(nn.Module):
+    """Weights of one (self- or cross-) attention layer: to_q, to_k, to_v, to_out.0 (+ group_norm)."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        cross_attention_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        bias: bool = False,
+        upcast_attention: bool = False,
+        upcast_softmax: bool = False,
+        out_bias: bool = True,
+        residual_connection: bool = False,
+        rescale_output_factor: float = 1.0,
+        norm_num_groups: int | None = None,
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        inner_dim = dim_head * heads
+        self.heads = heads
+        self.dim_head = dim_head
+        self.scale = dim_head**-0.5
+        self.is_cross_attention = cross_attention_dim is not None
+        self.upcast_attention = upcast_attention
+        self.upcast_softmax = upcast_softmax
+        self.residual_connection = residual_connection
+        self.rescale_output_factor = rescale_output_factor
+        kv_dim = cross_attention_dim if cross_attention_dim is not None else query_dim
+        self.group_norm = (
+            nn.GroupNorm(norm_num_groups, query_dim, eps=eps, affine=True) if norm_num_groups else None
+        )
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
+        self.to_k = nn.Linear(kv_dim, inner_dim, bias=bias)
+        self.to_v = nn.Linear(kv_dim, inner_dim, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias), nn.Dropout(dropout)])
+        self.processor = AttnProcessor()
+
+    def head_to_batch_dim(self, x: jt.Var) -> jt.Var:
+        """[B, N, heads*d] -> [B, heads, N, d]."""
+        b, n, _ = x.shape
+        return x.reshape(b, n, self.heads, -1).transpose(0, 2, 1, 3)
+
+    def batch_to_head_dim(self, x: jt.Var) -> jt.Var:
+        """[B, heads, N, d] -> [B, N, heads*d]."""
+        b, h, n, d = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+    def attend(self, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None = None) -> jt.Var:
+        """softmax(Q K^T / sqrt(d) + mask) V, in float32 when upcasting is asked for or inputs are half."""
+        dtype = query.dtype
+        if self.upcast_attention or self.upcast_softmax or dtype != jt.float32:
+            query, key, value = query.float32(), key.float32(), value.float32()
+            mask = None if mask is None else mask.float32()
+        return attention(query, key, value, self.scale, mask).cast(dtype)
+
+    def set_processor(self, processor) -> None:
+        self.processor = processor
+
+    def execute(
+        self,
+        hidden_states: jt.Var,
+        encoder_hidden_states: jt.Var | None = None,
+        attention_mask: jt.Var | None = None,
+        **kwargs,
+    ) -> jt.Var:
+        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+
+class AttentionHooksMixin:
+    """`attn_processors` / `set_attn_processor` for any module that contains `Attention` layers."""
+
+    def _attention_modules(self) -> dict[str, Attention]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, Attention)}
+
+    @property
+    def attn_processors(self) -> dict[str, object]:
+        """Processors by diffusers-style name, e.g. 'up_blocks.2.attentions.0.transformer_blocks.0.attn1.processor'."""
+        return {f"{name}.processor": m.processor for name, m in self._attention_modules().items()}
+
+    def set_attn_processor(self, processor: object | Mapping[str, object]) -> None:
+        """Set one processor for every attention layer, or a {name: processor} dict covering all of them."""
+        modules = self._attention_modules()
+        if isinstance(processor, Mapping):
+            names = {f"{name}.processor" for name in modules}
+            if len(processor) != len(modules) or set(processor) != names:
+                unknown = sorted(set(processor) - names)[:3]
+                raise ValueError(
+                    f"set_attn_processor got {len(processor)} processors for {len(modules)} attention "
+                    f"layers" + (f"; unknown names: {unknown}" if unknown else "")
+                    + "; pass one per name in `attn_processors`"
+                )
+            for name, m in modules.items():
+                m.set_processor(processor[f"{name}.processor"])
+        else:
+            for m in modules.values():
+                m.set_processor(processor)

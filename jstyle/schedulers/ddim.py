@@ -1,0 +1,160 @@
+"""DDIM (Song et al. 2020), following diffusers' DDIMScheduler: set_timesteps / step / add_noise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jittor as jt
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = ["DDIMScheduler", "SchedulerOutput", "make_betas"]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+class SchedulerOutput(NamedTuple):
+    prev_sample: jt.Var
+    pred_original_sample: jt.Var
+
+
+def make_betas(schedule: str, start: float, end: float, n: int) -> np.ndarray:
+    """float32 betas; scaled_linear: beta_t = (linspace(sqrt(start), sqrt(end)))^2 as in LDM."""
+    if schedule == "linear":
+        return np.linspace(start, end, n, dtype=np.float32)
+    if schedule == "scaled_linear":
+        return np.linspace(start**0.5, end**0.5, n, dtype=np.float32) ** 2
+    raise ConfigError(f"beta_schedule '{schedule}' is not supported; use linear or scaled_linear")
+
+
+@dataclass(frozen=True)
+class DDIMConfig:
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    set_alpha_to_one: bool = True
+    steps_offset: int = 0
+    prediction_type: str = "epsilon"
+    timestep_spacing: str = "leading"
+
+
+class DDIMScheduler:
+    """Deterministic (eta = 0) or stochastic DDIM sampling over a subset of the training timesteps."""
+
+    def __init__(self, config: DDIMConfig):
+        if config.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(f"prediction_type '{config.prediction_type}' unknown; use {', '.join(PREDICTION_TYPES)}")
+        if config.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ConfigError(f"timestep_spacing '{config.timestep_spacing}' unknown; use {', '.join(TIMESTEP_SPACINGS)}")
+        self.config = config
+        n = config.num_train_timesteps
+        betas = make_betas(config.beta_schedule, config.beta_start, config.beta_end, n)
+        self.alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
+        self.final_alpha_cumprod = np.float32(1.0) if config.set_alpha_to_one else self.alphas_cumprod[0]
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps = np.arange(n)[::-1].astype(np.int64)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DDIMScheduler:
+        """Build from a scheduler_config.json dict (other schedulers' configs are accepted as in diffusers)."""
+        if config.get("thresholding") or config.get("rescale_betas_zero_snr") or config.get("trained_betas"):
+            raise ConfigError("DDIM: thresholding, rescale_betas_zero_snr and trained_betas are not supported yet")
+        fields = DDIMConfig.__dataclass_fields__
+        return cls(DDIMConfig(**{k: v for k, v in config.items() if k in fields}))
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """Choose the sampling timesteps (diffusers' 'leading' / 'trailing' / 'linspace' spacing)."""
+        n = self.config.num_train_timesteps
+        if not 0 < num_inference_steps <= n:
+            raise ConfigError(f"num_inference_steps must be in 1..{n}, got {num_inference_steps}")
+        spacing = self.config.timestep_spacing
+        if spacing == "linspace":
+            t = np.linspace(0, n - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
+        elif spacing == "leading":
+            ratio = n // num_inference_steps
+            t = (np.arange(0, num_inference_steps) * ratio).round()[::-1].copy().astype(np.int64)
+            t += self.config.steps_offset
+        else:
+            t = np.round(np.arange(n, 0, -n / num_inference_steps)).astype(np.int64) - 1
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = t
+
+    def _alpha_prev(self, prev_t: int) -> np.float32:
+        return self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+
+    def predict_x0_eps(self, model_output: jt.Var, timestep: int, sample: jt.Var) -> tuple[jt.Var, jt.Var]:
+        """(x0, eps) from the model output; v: x0 = sqrt(a) x_t - sqrt(1-a) v, eps = sqrt(a) v + sqrt(1-a) x_t."""
+        a = self.alphas_cumprod[int(timestep)]
+        sa, sb = float(np.sqrt(a)), float(np.sqrt(np.float32(1) - a))  # float32 roundings, as diffusers
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return (sample - sb * model_output) / sa, model_output
+        if kind == "sample":
+            return model_output, (sample - sa * model_output) / sb
+        return sa * sample - sb * model_output, sa * model_output + sb * sample
+
+    def step(
+        self,
+        model_output: jt.Var,
+        timestep: int,
+        sample: jt.Var,
+        eta: float = 0.0,
+        generator: np.random.Generator | None = None,
+        variance_noise: jt.Var | None = None,
+        use_clipped_model_output: bool = False,
+    ) -> SchedulerOutput:
+        """x_{t-1} = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z  (DDIM eq. 12)."""
+        if self.num_inference_steps is None:
+            raise ConfigError("call set_timesteps(n) before step()")
+        timestep = int(timestep)
+        prev_t = timestep - self.config.num_train_timesteps // self.num_inference_steps
+        a, a_prev = self.alphas_cumprod[timestep], self._alpha_prev(prev_t)
+        x0, eps = self.predict_x0_eps(model_output, timestep, sample)
+        if self.config.clip_sample:
+            r = self.config.clip_sample_range
+            x0 = x0.clamp(-r, r)
+        one = np.float32(1)
+        variance = ((one - a_prev) / (one - a)) * (one - a / a_prev)  # float32 throughout, as diffusers
+        std = np.float32(eta) * np.sqrt(variance)
+        if use_clipped_model_output:
+            eps = (sample - float(np.sqrt(a)) * x0) / float(np.sqrt(one - a))
+        prev = float(np.sqrt(a_prev)) * x0 + float(np.sqrt(one - a_prev - std * std)) * eps
+        std = float(std)
+        if eta > 0:
+            if variance_noise is None:
+                if generator is None:
+                    raise ConfigError("DDIM step with eta > 0 needs a generator or variance_noise")
+                from ..ops import randn
+
+                variance_noise = randn(model_output.shape, generator, str(model_output.dtype))
+            prev = prev + std * variance_noise
+        return SchedulerOutput(prev, x0)
+
+    def _coefficients(self, timesteps: int | Sequence[int] | np.ndarray | jt.Var, ndim: int, dtype) -> tuple:
+        t = timesteps.numpy() if isinstance(timesteps, jt.Var) else np.asarray(timesteps)
+        a = self.alphas_cumprod[t.astype(np.int64).reshape(-1)]
+        shape = (-1,) + (1,) * (ndim - 1)
+        sa = jt.array((a**0.5).reshape(shape)).cast(dtype)
+        sb = jt.array(((1 - a) ** 0.5).reshape(shape)).cast(dtype)
+        return sa, sb
+
+    def add_noise(self, original: jt.Var, noise: jt.Var, timesteps) -> jt.Var:
+        """q(x_t | x_0): sqrt(a_t) x_0 + sqrt(1 - a_t) noise."""
+        sa, sb = self._coefficients(timesteps, original.ndim, original.dtype)
+        return sa * original + sb * noise
+
+    def get_velocity(self, sample: jt.Var, noise: jt.Var, timesteps) -> jt.Var:
+        """v = sqrt(a_t) noise - sqrt(1 - a_t) x_0 (the v-prediction target)."""
+        sa, sb = self._coefficients(timesteps, sample.ndim, sample.dtype)
+        return sa * noise - sb * sample
+
+    def scale_model_input(self, sample: jt.Var, timestep: int | None = None) -> jt.Var:
+        return sample

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole job:  bash run_all.sh --demo   |   bash run_all.sh --model SD_DIR --data DATA --out OUT
+# Creates/updates the jstyle env (once per machine), then runs run_all.py in it.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bash "$root/envs/setup.sh" jstyle
+# shellcheck source=envs/env.sh
+source "$root/envs/env.sh"
+exec "$JSTYLE_PYTHON" "$root/run_all.py" "$@"

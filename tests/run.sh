@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's test command (README and CI):  bash tests/run.sh [pytest args...]
+# Creates or updates both environments (a quick no-op when they are current), lints, then runs
+# the Jittor-side tests in the jstyle env and the checker tests in the checker env, one process
+# at a time (Jittor holds a lock on its cache). Ends with one combined "N passed, N failed" line.
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash envs/setup.sh all || { echo "error: environment set-up failed (see above)"; exit 1; }
+# shellcheck source=envs/env.sh
+source envs/env.sh
+results="$(mktemp -d)"
+trap 'rm -rf "$results"' EXIT
+status=0
+
+echo "== ruff"
+"$JSTYLE_ENV/bin/ruff" check jstyle checker tests scripts bench run_all.py || status=1
+
+echo "== jstyle tests (Jittor, $JSTYLE_PYTHON)"
+"$JSTYLE_PYTHON" -m pytest tests/jstyle -q -p no:cacheprovider --junitxml="$results/jstyle.xml" "$@" || status=1
+
+echo "== checker tests (PyTorch, $JSTYLE_CHECKER_PYTHON)"
+"$JSTYLE_CHECKER_PYTHON" -m pytest tests/checker -q -p no:cacheprovider --junitxml="$results/checker.xml" "$@" || status=1
+
+"$JSTYLE_PYTHON" - "$results" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+tests = failed = skipped = 0
+for xml in sorted(Path(sys.argv[1]).glob("*.xml")):
+    for suite in ET.parse(xml).getroot().iter("testsuite"):
+        tests += int(suite.get("tests", 0))
+        failed += int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skipped += int(suite.get("skipped", 0))
+print(f"total: {tests - failed - skipped} passed, {failed} failed, {skipped} skipped")
+PY
+exit $status
