@@ -21,7 +21,7 @@ _DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
-_CONVERT_HINT = "convert it with `bash envs/setup.sh checker && $JSTYLE_CHECKER_PYTHON scripts/convert_to_safetensors.py"
+_CONVERT_HINT = "convert it with `$JSTYLE_CHECKER_PYTHON scripts/convert_to_safetensors.py"
 # Keys some writers add that carry no weights (e.g. transformers' position_ids buffer).
 IGNORED_KEYS = ("text_model.embeddings.position_ids",)
 

@@ -12,6 +12,7 @@ import jittor as jt
 from jittor import nn
 
 from ..ops import attention
+from .normalization import GroupNorm
 
 __all__ = ["Attention", "AttnProcessor", "AttentionHooksMixin"]
 
@@ -25,7 +26,9 @@ class AttnProcessor:
         hidden_states: jt.Var,
         encoder_hidden_states: jt.Var | None = None,
         attention_mask: jt.Var | None = None,
+        **kwargs,
     ) -> jt.Var:
+        """Extra `cross_attention_kwargs` meant for other processors are ignored, as in diffusers."""
         residual = hidden_states
         is_image = hidden_states.ndim == 4
         if is_image:
@@ -79,7 +82,7 @@ class Attention(nn.Module):
         self.rescale_output_factor = rescale_output_factor
         kv_dim = cross_attention_dim if cross_attention_dim is not None else query_dim
         self.group_norm = (
-            nn.GroupNorm(norm_num_groups, query_dim, eps=eps, affine=True) if norm_num_groups else None
+            GroupNorm(norm_num_groups, query_dim, eps=eps, affine=True) if norm_num_groups else None
         )
         self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
         self.to_k = nn.Linear(kv_dim, inner_dim, bias=bias)
@@ -126,7 +129,7 @@ class AttentionHooksMixin:
 
     @property
     def attn_processors(self) -> dict[str, object]:
-        """Processors by diffusers-style name, e.g. 'up_blocks.2.attentions.0.transformer_blocks.0.attn1.processor'."""
+        """Processors by diffusers-style name ('up_blocks.2.attentions.0.transformer_blocks.0.attn1.processor')."""
         return {f"{name}.processor": m.processor for name, m in self._attention_modules().items()}
 
     def set_attn_processor(self, processor: object | Mapping[str, object]) -> None:

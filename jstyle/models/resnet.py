@@ -6,6 +6,7 @@ import jittor as jt
 from jittor import nn
 
 from ..ops import silu
+from .normalization import GroupNorm
 
 __all__ = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
 
@@ -26,10 +27,10 @@ class ResnetBlock2D(nn.Module):
         super().__init__()
         out_channels = out_channels or in_channels
         self.output_scale_factor = output_scale_factor
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps, affine=True)
+        self.norm1 = GroupNorm(groups, in_channels, eps=eps, affine=True)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps, affine=True)
+        self.norm2 = GroupNorm(groups, out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None

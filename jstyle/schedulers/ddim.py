@@ -52,7 +52,8 @@ class DDIMScheduler:
         if config.prediction_type not in PREDICTION_TYPES:
             raise ConfigError(f"prediction_type '{config.prediction_type}' unknown; use {', '.join(PREDICTION_TYPES)}")
         if config.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ConfigError(f"timestep_spacing '{config.timestep_spacing}' unknown; use {', '.join(TIMESTEP_SPACINGS)}")
+            spacings = ", ".join(TIMESTEP_SPACINGS)
+            raise ConfigError(f"timestep_spacing '{config.timestep_spacing}' unknown; use {spacings}")
         self.config = config
         n = config.num_train_timesteps
         betas = make_betas(config.beta_schedule, config.beta_start, config.beta_end, n)

@@ -46,8 +46,9 @@ def test_ddim_matches_diffusers(name, sched_refs):
             np.testing.assert_allclose(out.pred_original_sample.numpy(), r[f"{name}_x0_{i}_eta{eta}"],
                                        atol=ATOL, rtol=RTOL)
     t = np.array([10, 999])
-    np.testing.assert_allclose(sched.add_noise(sample, noise, t).numpy(), r[f"{name}_add_noise"], atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(sched.get_velocity(sample, noise, t).numpy(), r[f"{name}_velocity"], atol=ATOL, rtol=RTOL)
+    tol = dict(atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(sched.add_noise(sample, noise, t).numpy(), r[f"{name}_add_noise"], **tol)
+    np.testing.assert_allclose(sched.get_velocity(sample, noise, t).numpy(), r[f"{name}_velocity"], **tol)
 
 
 def test_ddim_bad_config():

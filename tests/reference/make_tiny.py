@@ -20,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+PIPE_PROMPT = "a Dolphin in style_03"
 TRICKY_PROMPTS = [
     "a Dolphin in style_03",
     "An image of a LION, in the style of Monet!!!",
@@ -83,7 +84,7 @@ CONFIGS = {
 def build(kind: str, out: Path, vocab: Path, merges: Path) -> None:
     cfg = CONFIGS[kind]
     torch.manual_seed(0 if kind == "sd1" else 1)
-    tokenizer = CLIPTokenizer(str(vocab), str(merges), pad_token=cfg["pad_token"])
+    tokenizer = CLIPTokenizer(str(vocab), str(merges), pad_token=cfg["pad_token"], model_max_length=77)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, max_position_embeddings=77, layer_norm_eps=1e-5,
         bos_token_id=49406, eos_token_id=49407, pad_token_id=tokenizer.pad_token_id, **cfg["text"],
@@ -142,6 +143,8 @@ def build(kind: str, out: Path, vocab: Path, merges: Path) -> None:
         u_out = unet(torch.from_numpy(sample), torch.from_numpy(timesteps),
                      encoder_hidden_states=torch.from_numpy(context)).sample
         u_scalar = unet(torch.from_numpy(sample), 500, encoder_hidden_states=torch.from_numpy(context)).sample
+        u_odd = unet(torch.from_numpy(sample[:1, :, :7, :5]), 10,
+                     encoder_hidden_states=torch.from_numpy(context[:1])).sample
         post = vae.encode(torch.from_numpy(image)).latent_dist
         dec = vae.decode(torch.from_numpy(latent)).sample
     np.savez(
@@ -150,10 +153,21 @@ def build(kind: str, out: Path, vocab: Path, merges: Path) -> None:
         text_pooler_output=t_out.pooler_output.numpy(),
         text_penultimate=t_out.hidden_states[-2].numpy(),
         unet_sample=sample, unet_timesteps=timesteps, unet_context=context, unet_out=u_out.numpy(),
-        unet_out_t500=u_scalar.numpy(),
+        unet_out_t500=u_scalar.numpy(), unet_out_odd=u_odd.numpy(),
         vae_image=image, vae_mean=post.mean.numpy(), vae_logvar=post.logvar.numpy(),
         vae_latent=latent, vae_decoded=dec.numpy(),
     )
+    # Whole pipeline: prompt embeddings and a short DDIM + CFG run from fixed latents.
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(PIPE_PROMPT, "cpu", 1, False)
+        start = torch.from_numpy(rng.standard_normal((1, 4, 8, 8)).astype(np.float32))
+        images = pipe(PIPE_PROMPT, height=16, width=16, num_inference_steps=3, guidance_scale=7.5,
+                      latents=start, output_type="np").images
+    with np.load(out / f"{kind}_refs.npz") as f:
+        arrays = dict(f)
+    np.savez(out / f"{kind}_refs.npz", **arrays, pipe_prompt_embeds=embeds.numpy(),
+             pipe_latents=start.numpy(), pipe_images=images)
     # Half-precision variant files, as diffusers writes them.
     if kind == "sd1":
         pipe.to(torch.float16).save_pretrained(out / kind, safe_serialization=True, variant="fp16")
