@@ -129,6 +129,9 @@ def load_model(cls: type[M], component_dir: str | Path, dtype: str = "float32", 
     files = find_weights(d, variant)
     for f in files:
         state.update(load_safetensors(f))
+    convert = getattr(cls, "convert_state_dict", None)  # e.g. the VAE's legacy attention key names
+    if convert is not None:
+        state = convert(state)
     load_state_dict_strict(model, state, str(files[0] if len(files) == 1 else d), dtype)
     model.eval()
     return model
