@@ -4,32 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import jittor as jt
 import numpy as np
 
 from ..errors import ConfigError
+from .common import (
+    PREDICTION_TYPES,
+    TIMESTEP_SPACINGS,
+    SchedulerOutput,
+    alphas_cumprod,
+    make_betas,
+    spaced_timesteps,
+    step_noise,
+)
 
 __all__ = ["DDIMScheduler", "SchedulerOutput", "make_betas"]
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-
-
-class SchedulerOutput(NamedTuple):
-    prev_sample: jt.Var
-    pred_original_sample: jt.Var
-
-
-def make_betas(schedule: str, start: float, end: float, n: int) -> np.ndarray:
-    """float32 betas; scaled_linear: beta_t = (linspace(sqrt(start), sqrt(end)))^2 as in LDM."""
-    if schedule == "linear":
-        return np.linspace(start, end, n, dtype=np.float32)
-    if schedule == "scaled_linear":
-        return np.linspace(start**0.5, end**0.5, n, dtype=np.float32) ** 2
-    raise ConfigError(f"beta_schedule '{schedule}' is not supported; use linear or scaled_linear")
-
 
 @dataclass(frozen=True)
 class DDIMConfig:
@@ -57,7 +48,7 @@ class DDIMScheduler:
         self.config = config
         n = config.num_train_timesteps
         betas = make_betas(config.beta_schedule, config.beta_start, config.beta_end, n)
-        self.alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
+        self.alphas_cumprod = alphas_cumprod(betas)  # abar_t = prod_s (1 - beta_s)
         self.final_alpha_cumprod = np.float32(1.0) if config.set_alpha_to_one else self.alphas_cumprod[0]
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
@@ -73,18 +64,9 @@ class DDIMScheduler:
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         """Choose the sampling timesteps (diffusers' 'leading' / 'trailing' / 'linspace' spacing)."""
-        n = self.config.num_train_timesteps
-        if not 0 < num_inference_steps <= n:
-            raise ConfigError(f"num_inference_steps must be in 1..{n}, got {num_inference_steps}")
-        spacing = self.config.timestep_spacing
-        if spacing == "linspace":
-            t = np.linspace(0, n - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
-        elif spacing == "leading":
-            ratio = n // num_inference_steps
-            t = (np.arange(0, num_inference_steps) * ratio).round()[::-1].copy().astype(np.int64)
-            t += self.config.steps_offset
-        else:
-            t = np.round(np.arange(n, 0, -n / num_inference_steps)).astype(np.int64) - 1
+        c = self.config
+        t = spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps, c.steps_offset)
+        t = t.astype(np.int64)
         self.num_inference_steps = num_inference_steps
         self.timesteps = t
 
@@ -130,13 +112,7 @@ class DDIMScheduler:
         prev = float(np.sqrt(a_prev)) * x0 + float(np.sqrt(one - a_prev - std * std)) * eps
         std = float(std)
         if eta > 0:
-            if variance_noise is None:
-                if generator is None:
-                    raise ConfigError("DDIM step with eta > 0 needs a generator or variance_noise")
-                from ..ops import randn
-
-                variance_noise = randn(model_output.shape, generator, str(model_output.dtype))
-            prev = prev + std * variance_noise
+            prev = prev + std * step_noise(model_output, generator, variance_noise, "DDIM")
         return SchedulerOutput(prev, x0)
 
     def _coefficients(self, timesteps: int | Sequence[int] | np.ndarray | jt.Var, ndim: int, dtype) -> tuple:

@@ -1,0 +1,157 @@
+"""Pieces shared by the schedulers: beta schedules, timestep spacing, config parsing, noise, broadcasting.
+
+Scalar coefficients are computed in numpy float32, one rounding per operation, in the order
+diffusers computes them with 0-d float32 tensors, so trajectories agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+import jittor as jt
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = [
+    "PREDICTION_TYPES", "TIMESTEP_SPACINGS", "SchedulerOutput", "make_betas", "betas_for_alpha_bar",
+    "alphas_cumprod", "check_choice", "config_from_dict", "spaced_timesteps", "step_noise", "batch_randn",
+    "per_sample", "as_index_array", "f32", "vp_coefficients", "vp_add_noise", "vp_velocity", "schedule_index",
+]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+f32 = np.float32
+
+C = TypeVar("C")
+
+
+class SchedulerOutput(NamedTuple):
+    prev_sample: jt.Var
+    pred_original_sample: jt.Var
+
+
+def betas_for_alpha_bar(n: int, max_beta: float = 0.999) -> np.ndarray:
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17): beta_i = 1 - abar((i+1)/n) / abar(i/n), capped."""
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)]
+    return np.array(betas, dtype=np.float32)
+
+
+def make_betas(schedule: str, start: float, end: float, n: int) -> np.ndarray:
+    """float32 betas; scaled_linear: beta_t = (linspace(sqrt(start), sqrt(end)))^2 as in LDM."""
+    if schedule == "linear":
+        return np.linspace(start, end, n, dtype=np.float32)
+    if schedule == "scaled_linear":
+        return np.linspace(start**0.5, end**0.5, n, dtype=np.float32) ** 2
+    if schedule == "squaredcos_cap_v2":
+        return betas_for_alpha_bar(n)
+    raise ConfigError(f"beta_schedule '{schedule}' is not supported; use {', '.join(BETA_SCHEDULES)}")
+
+
+def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
+    """abar_t = prod_{s<=t} (1 - beta_s), float32 terms accumulated in float64 as torch's CPU cumprod does."""
+    return np.cumprod((np.float32(1) - betas).astype(np.float64)).astype(np.float32)
+
+
+def check_choice(scheduler: str, key: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise a one-line ConfigError unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{scheduler}: {key} '{value}' is not supported; use {', '.join(map(str, choices))}")
+
+
+def config_from_dict(config_cls: type[C], config: dict[str, Any], scheduler: str,
+                     unsupported: Iterable[str] = ("thresholding", "rescale_betas_zero_snr", "trained_betas")) -> C:
+    """Dataclass config from a scheduler_config.json dict; keys of other schedulers are ignored, as in
+    diffusers' from_config, and options set to a truthy value in `unsupported` raise ConfigError."""
+    wanted = [k for k in unsupported if config.get(k)]
+    if wanted:
+        raise ConfigError(f"{scheduler}: {', '.join(wanted)} not supported; remove it from scheduler_config.json")
+    fields = config_cls.__dataclass_fields__
+    return config_cls(**{k: v for k, v in config.items() if k in fields})
+
+
+def spaced_timesteps(spacing: str, num_train: int, n: int, steps_offset: int = 0, rounded: bool = True) -> np.ndarray:
+    """Descending float64 sampling timesteps (table 2 of Lin et al. 2023, 'Common diffusion noise schedules');
+    `rounded=False` keeps linspace's fractional values (Euler schedulers)."""
+    if not 0 < n <= num_train:
+        raise ConfigError(f"num_inference_steps must be in 1..{num_train}, got {n}")
+    if spacing == "linspace":
+        t = np.linspace(0, num_train - 1, n)
+        return (t.round() if rounded else t)[::-1].copy()
+    if spacing == "leading":
+        return (np.arange(0, n) * (num_train // n)).round()[::-1] + float(steps_offset)
+    if spacing == "trailing":
+        return np.round(np.arange(num_train, 0, -num_train / n)) - 1.0
+    raise ConfigError(f"timestep_spacing '{spacing}' is not supported; use {', '.join(TIMESTEP_SPACINGS)}")
+
+
+Generators = np.random.Generator | Sequence[np.random.Generator]
+
+
+def step_noise(like: jt.Var, generator: Generators | None, variance_noise: jt.Var | None, scheduler: str) -> jt.Var:
+    """The noise of a stochastic step: `variance_noise` if given, else drawn from `generator` (never a global RNG);
+    a list of generators draws one per sample, so a sample's noise does not depend on its batch."""
+    if variance_noise is not None:
+        if tuple(variance_noise.shape) != tuple(like.shape):
+            raise ConfigError(f"{scheduler}: variance_noise has shape {tuple(variance_noise.shape)}, "
+                              f"expected {tuple(like.shape)}")
+        return variance_noise.cast(like.dtype)
+    if generator is None:
+        raise ConfigError(f"{scheduler}: a stochastic step needs generator= (numpy Generator) or variance_noise=")
+    return batch_randn(like.shape, generator, str(like.dtype))
+
+
+def batch_randn(shape: Sequence[int], generator: Generators, dtype: str = "float32") -> jt.Var:
+    """Standard normal noise from one numpy generator, or from one generator per sample (shape[0] of them)."""
+    from ..ops import randn
+
+    if isinstance(generator, np.random.Generator):
+        return randn(shape, generator, dtype)
+    generator = list(generator)
+    if len(generator) != shape[0]:
+        raise ConfigError(f"{len(generator)} generators for a batch of {shape[0]}; pass one per sample")
+    return jt.concat([randn((1, *shape[1:]), g, dtype) for g in generator])
+
+
+def per_sample(values: np.ndarray, ndim: int, dtype) -> jt.Var:
+    """[B] per-sample coefficients -> a [B, 1, ..., 1] Var that broadcasts against a rank-`ndim` tensor."""
+    return jt.array(np.asarray(values, dtype=np.float32).reshape((-1,) + (1,) * (ndim - 1))).cast(dtype)
+
+
+def as_index_array(timesteps: int | Sequence[int] | np.ndarray | jt.Var) -> np.ndarray:
+    """Timesteps given as an int, a list, a numpy array or a Var -> 1-D numpy array."""
+    t = timesteps.numpy() if isinstance(timesteps, jt.Var) else np.asarray(timesteps)
+    return t.reshape(-1)
+
+
+def vp_coefficients(alphas_cumprod: np.ndarray, timesteps, ndim: int, dtype) -> tuple[jt.Var, jt.Var]:
+    """Per-sample sqrt(abar_t) and sqrt(1 - abar_t) for a variance-preserving process, shaped to broadcast."""
+    a = alphas_cumprod[as_index_array(timesteps).astype(np.int64)]
+    return per_sample(np.sqrt(a), ndim, dtype), per_sample(np.sqrt(f32(1) - a), ndim, dtype)
+
+
+def vp_add_noise(alphas_cumprod: np.ndarray, original: jt.Var, noise: jt.Var, timesteps) -> jt.Var:
+    """q(x_t | x_0) (DDPM eq. 4): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+    sa, sb = vp_coefficients(alphas_cumprod, timesteps, original.ndim, original.dtype)
+    return sa * original + sb * noise
+
+
+def vp_velocity(alphas_cumprod: np.ndarray, sample: jt.Var, noise: jt.Var, timesteps) -> jt.Var:
+    """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, the v-prediction target)."""
+    sa, sb = vp_coefficients(alphas_cumprod, timesteps, sample.ndim, sample.dtype)
+    return sa * noise - sb * sample
+
+
+def schedule_index(timesteps: np.ndarray, timestep: float) -> int | None:
+    """Position of `timestep` in the schedule (the second match if repeated, as diffusers), None if absent."""
+    hits = np.nonzero(timesteps == timestep)[0]
+    if len(hits) == 0:
+        return None
+    return int(hits[1] if len(hits) > 1 else hits[0])

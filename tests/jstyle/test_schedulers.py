@@ -1,0 +1,205 @@
+"""DDPM, DPM-Solver++(2M) and Euler ancestral parity with diffusers 0.42 (tests/reference/make_scheduler_refs.py):
+timesteps exact, sigmas and 10-step trajectories to float32 rounding, stochastic steps fed the same noise;
+the scheduler table; whole tiny-sd2 text-to-image runs with dpm++2m and euler_a."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jittor as jt
+import numpy as np
+import pytest
+
+from jstyle.errors import ConfigError
+from jstyle.schedulers import (
+    SCHEDULERS,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    get_scheduler,
+)
+from jstyle.schedulers.common import step_noise
+
+from .conftest import checker_python
+
+SCRIPT = Path(__file__).resolve().parents[1] / "reference" / "make_scheduler_refs.py"
+CLASSES = {cls.__name__: cls for cls in (DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler)}
+CASES = (
+    "ddpm_eps", "ddpm_v_smalllog", "ddpm_x0_large_cos",
+    "dpm_eps", "dpm_v_leading", "dpm_x0_trailing_sigmamin", "dpm_order1_cos_clipped",
+    "euler_a_eps", "euler_a_v_leading", "euler_a_eps_trailing",
+)
+# Scalar coefficients are rounded to float32 in diffusers' order; what remains is float32 operation order
+# and the ulps of log/exp/cumprod. Over 10 steps that stays below 1e-5 of the trajectory's scale (max |x|,
+# at least 1): values reach ~400 for Euler with linear betas (sigma_max = 157), where 1e-5 absolute would be
+# below float32 resolution (3e-5 at 400).
+TRAJ_RTOL = 1e-5
+SIGMA_RTOL = 1e-6  # sigmas: numpy vs torch float32 cumprod / sqrt, a few ulps
+
+
+@pytest.fixture(scope="module")
+def sched_ref(tiny_ref, tmp_path_factory) -> Path:
+    """Folder with sched_refs.npz and sched_pipe_refs.npz, built in the checker env and cached."""
+    key = hashlib.sha256(SCRIPT.read_bytes() + tiny_ref.name.encode()).hexdigest()[:12]
+    home = os.environ.get("JSTYLE_HOME")
+    base = Path(home) / "test-cache" if home else tmp_path_factory.getbasetemp()
+    out = base / f"sched-{key}"
+    if not (out / "DONE").exists():
+        proc = subprocess.run([checker_python(), str(SCRIPT), str(out), str(tiny_ref)], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": ""})
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+            pytest.fail(f"{SCRIPT.name} failed in the checker env (exit {proc.returncode})")
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref(sched_ref) -> dict[str, np.ndarray]:
+    with np.load(sched_ref / "sched_refs.npz") as f:
+        return dict(f)
+
+
+def case(ref: dict[str, np.ndarray], name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    config = json.loads(str(ref[f"{name}/config"]))
+    return config, {k.split("/", 1)[1]: v for k, v in ref.items() if k.startswith(name + "/")}
+
+
+def build(config: dict):
+    return CLASSES[config["class"]].from_config({k: v for k, v in config.items() if k not in ("class", "noise")})
+
+
+def rel_err(out: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(out - expected).max() / max(1.0, np.abs(expected).max()))
+
+
+def test_cases_match_reference_script(ref):
+    assert sorted({k.split("/")[0] for k in ref if "/" in k}) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_timesteps_and_sigmas(name, ref):
+    config, r = case(ref, name)
+    sched = build(config)
+    for n in (10, 25, 50):
+        sched.set_timesteps(n)
+        assert sched.timesteps.dtype == r[f"timesteps_{n}"].dtype
+        np.testing.assert_array_equal(sched.timesteps, r[f"timesteps_{n}"])
+        if f"sigmas_{n}" in r:
+            np.testing.assert_allclose(sched.sigmas, r[f"sigmas_{n}"], rtol=SIGMA_RTOL, atol=0)
+    sched.set_timesteps(10)
+    np.testing.assert_allclose(sched.init_noise_sigma, r["init_noise_sigma"], rtol=SIGMA_RTOL)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_trajectory_matches_diffusers(name, ref):
+    """10 steps driven by a fake model (out = a x_in + b base, numpy float32 on both sides)."""
+    config, r = case(ref, name)
+    sched = build(config)
+    sched.set_timesteps(10)
+    a, b = ref["model_ab"]
+    gen = np.random.default_rng(5)
+    x = jt.array(ref["x_init"]) * sched.init_noise_sigma
+    prev, x0 = [], []
+    for k, t in enumerate(sched.timesteps):
+        x_in = sched.scale_model_input(x, t).numpy()
+        out = jt.array(a * x_in + b * ref["base"])
+        noise = {"given": {"variance_noise": jt.array(ref["noises"][k])}, "rng": {"generator": gen}}
+        res = sched.step(out, t, x, **noise.get(config["noise"], {}))
+        x = res.prev_sample
+        prev.append(x.numpy())
+        x0.append(res.pred_original_sample.numpy())
+    assert rel_err(np.stack(x0), r["x0"]) <= TRAJ_RTOL
+    assert rel_err(np.stack(prev), r["prev"]) <= TRAJ_RTOL
+    if config["noise"] == "rng":  # the generator was drawn from exactly when diffusers drew noise
+        probe = np.random.default_rng(5)
+        for _ in range(int(r["noise_drawn"].sum())):
+            probe.standard_normal(ref["x_init"].shape)
+        assert gen.bit_generator.state == probe.bit_generator.state
+    # add_noise (and get_velocity) at two timesteps of the 10-step schedule
+    sched.set_timesteps(10)
+    clean, noise = jt.array(ref["clean"]), jt.array(ref["noises"][0])
+    assert rel_err(sched.add_noise(clean, noise, r["add_noise_t"]).numpy(), r["add_noise"]) <= TRAJ_RTOL
+    if "velocity" in r:
+        assert rel_err(sched.get_velocity(clean, noise, r["add_noise_t"]).numpy(), r["velocity"]) <= TRAJ_RTOL
+
+
+def test_dpm_state_resets_with_set_timesteps():
+    """A second run after set_timesteps must not reuse the first run's model outputs (same result twice)."""
+    sched = get_scheduler("dpm++2m", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012})
+    x0 = jt.array(np.linspace(-1, 1, 2 * 4 * 8 * 8, dtype=np.float32).reshape(2, 4, 8, 8))
+    runs = []
+    for _ in range(2):
+        sched.set_timesteps(3)
+        x = x0
+        for t in sched.timesteps:
+            x = sched.step(x * 0.5, t, x).prev_sample
+        runs.append(x.numpy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_one_generator_per_sample():
+    """A list of generators draws each sample's noise from its own one (so an image does not depend on its batch)."""
+    like = jt.zeros((2, 4, 8, 8))
+    noise = step_noise(like, [np.random.default_rng(3), np.random.default_rng(4)], None, "test").numpy()
+    np.testing.assert_array_equal(noise[1:], np.random.default_rng(4).standard_normal((1, 4, 8, 8)).astype(np.float32))
+    with pytest.raises(ConfigError, match="1 generators for a batch of 2"):
+        step_noise(like, [np.random.default_rng(3)], None, "test")
+
+
+def test_scheduler_table_and_errors():
+    assert set(SCHEDULERS) == {"ddim", "ddpm", "dpm++2m", "euler_a"}
+    sd_config = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                 "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+                 "timestep_spacing": "leading", "prediction_type": "v_prediction"}
+    for name, cls in SCHEDULERS.items():
+        sched = get_scheduler(name, sd_config)
+        assert isinstance(sched, cls) and sched.config.prediction_type == "v_prediction"
+    assert isinstance(get_scheduler("ddim", {}), DDIMScheduler)
+    with pytest.raises(ConfigError, match=r"unknown scheduler 'pndm'; use one of ddim, ddpm, dpm\+\+2m, euler_a"):
+        get_scheduler("pndm", sd_config)
+    bad = [
+        ("dpm++2m", {"use_karras_sigmas": True}, "use_karras_sigmas"),
+        ("dpm++2m", {"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
+        ("dpm++2m", {"solver_order": 3}, "solver_order"),
+        ("dpm++2m", {"solver_type": "heun"}, "solver_type"),
+        ("ddpm", {"variance_type": "learned_range"}, "variance_type"),
+        ("ddpm", {"thresholding": True}, "thresholding"),
+        ("euler_a", {"prediction_type": "sample"}, "prediction_type"),
+        ("euler_a", {"beta_schedule": "sigmoid"}, "beta_schedule"),
+        ("ddpm", {"timestep_spacing": "karras"}, "timestep_spacing"),
+    ]
+    for name, config, key in bad:
+        with pytest.raises(ConfigError, match=key):
+            get_scheduler(name, config)
+    x = jt.zeros((1, 4, 2, 2))
+    for name in ("ddpm", "euler_a"):
+        sched = get_scheduler(name, {})
+        sched.set_timesteps(4)
+        with pytest.raises(ConfigError, match="generator"):
+            sched.step(x, sched.timesteps[0], x)
+    with pytest.raises(ConfigError, match="set_timesteps"):
+        get_scheduler("dpm++2m", {}).step(x, 999, x)
+    with pytest.raises(ConfigError, match="num_inference_steps"):
+        get_scheduler("euler_a", {}).set_timesteps(0)
+
+
+@pytest.mark.parametrize("name", ["dpm++2m", "euler_a"])
+def test_text_to_image_matches_diffusers(name, tiny_ref, sched_ref, refs):
+    """Tiny sd2 (v-prediction), 4 steps at 16x16 with CFG; Euler's step noise from default_rng(0) on both sides."""
+    from jstyle import load_pipeline
+
+    pipe = load_pipeline(tiny_ref / "sd2")
+    images = pipe.text_to_image("a Dolphin in style_03", num_inference_steps=4, guidance_scale=7.5, height=16,
+                                width=16, latents=jt.array(refs("sd2")["pipe_latents"]), scheduler=name,
+                                generator=np.random.default_rng(0))
+    with np.load(sched_ref / "sched_pipe_refs.npz") as f:
+        expected = f[name]
+    # Tolerance as test_pipeline.py: 1/255 mean absolute difference (uint8 rounding alone is <= 0.5/255).
+    diff = np.abs(images / 255.0 - expected)
+    assert diff.mean() <= 1 / 255 and diff.max() <= 2 / 255
