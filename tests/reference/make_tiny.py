@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -169,8 +170,13 @@ def build(kind: str, out: Path, vocab: Path, merges: Path) -> None:
     np.savez(out / f"{kind}_refs.npz", **arrays, pipe_prompt_embeds=embeds.numpy(),
              pipe_latents=start.numpy(), pipe_images=images)
     # Half-precision variant files, as diffusers writes them.
+    # Only the weight files are copied: save_pretrained would also rewrite config.json with dtype float16.
     if kind == "sd1":
-        pipe.to(torch.float16).save_pretrained(out / kind, safe_serialization=True, variant="fp16")
+        half = out / "sd1_fp16_tmp"
+        pipe.to(torch.float16).save_pretrained(half, safe_serialization=True, variant="fp16")
+        for f in half.glob("*/*.fp16.safetensors"):
+            (out / kind / f.parent.name / f.name).write_bytes(f.read_bytes())
+        shutil.rmtree(half)
 
 
 SCHEDULER_CASES = {  # name -> DDIMScheduler kwargs

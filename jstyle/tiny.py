@@ -1,0 +1,152 @@
+"""Write a tiny random Stable Diffusion pipeline in the diffusers folder format (no torch needed).
+
+Used by the demo and the tests: the same code path as a real model (configs, safetensors,
+tokenizer files), small enough to run on a 2-core CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from .errors import JStyleError
+from .tokenizer import write_toy_vocab
+
+__all__ = ["TINY_CONFIGS", "write_tiny_pipeline"]
+
+_SCHEDULER = {
+    "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "clip_sample": False,
+    "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading",
+}
+_VAE = {
+    "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+    "block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 32, "act_fn": "silu",
+    "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "sample_size": 64, "scaling_factor": 0.18215,
+}
+_UNET = {
+    "_class_name": "UNet2DConditionModel", "in_channels": 4, "out_channels": 4, "sample_size": 8,
+    "block_out_channels": [32, 64], "layers_per_block": 2, "norm_num_groups": 32,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+}
+# Two flavours, as the real families differ: SD1 (epsilon, conv projections, quick_gelu) and
+# SD2 (v-prediction, linear projections, per-block head counts, gelu, "!" padding).
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "sd1": {
+        "unet": {**_UNET, "attention_head_dim": 8, "cross_attention_dim": 32, "use_linear_projection": False},
+        "text": {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+                 "num_hidden_layers": 3, "hidden_act": "quick_gelu"},
+        "prediction_type": "epsilon", "pad_token": "<|endoftext|>",
+    },
+    "sd2": {
+        "unet": {**_UNET, "attention_head_dim": [2, 4], "cross_attention_dim": 48,
+                 "use_linear_projection": True, "upcast_attention": True},
+        "text": {"hidden_size": 48, "intermediate_size": 61, "num_attention_heads": 4,
+                 "num_hidden_layers": 3, "hidden_act": "gelu"},
+        "prediction_type": "v_prediction", "pad_token": "!",
+    },
+}
+_TOY_WORDS = (
+    "a an the of in on with and style image painting photo picture drawing art dolphin bread lion "
+    "cat dog house tree flower car boat bird horse mountain river city portrait landscape colorful "
+    "monet van gogh watercolor oil sketch ink cartoon anime pixel"
+).split()
+
+
+def _random_state(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Plausible random weights: fan-in scaled matrices, norms near 1, small biases."""
+    out = {}
+    for name, shape in shapes.items():
+        if len(shape) >= 2:
+            fan_in = int(np.prod(shape[1:]))
+            scale = 0.02 if "embedding" in name else 1.0 / np.sqrt(fan_in)
+            arr = rng.standard_normal(shape) * scale
+        elif "norm" in name and name.endswith("weight"):
+            arr = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            arr = 0.02 * rng.standard_normal(shape)
+        out[name] = np.ascontiguousarray(arr, dtype=np.float32)
+    return out
+
+
+def _write_component(cls, config: dict[str, Any], folder: Path, filename: str, rng) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    model = cls.from_config(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    save_file(_random_state(shapes, rng), str(folder / filename))
+
+
+def write_tiny_pipeline(path: str | Path, kind: str = "sd2", seed: int = 0) -> Path:
+    """Write a random tiny `kind` ('sd1' or 'sd2') pipeline to `path` (atomically) and return it."""
+    from .models.autoencoder_kl import AutoencoderKL
+    from .models.clip_text import CLIPTextModel
+    from .models.unet_2d_condition import UNet2DConditionModel
+
+    if kind not in TINY_CONFIGS:
+        raise JStyleError(f"unknown tiny model kind '{kind}'; use one of {', '.join(TINY_CONFIGS)}")
+    cfg = TINY_CONFIGS[kind]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        rng = np.random.default_rng(seed)
+        vocab_size = write_toy_vocab(tmp / "tokenizer", _TOY_WORDS, pad_token=cfg["pad_token"])
+        text = {
+            "_class_name": "CLIPTextModel", "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
+            "vocab_size": vocab_size, "max_position_embeddings": 77, "layer_norm_eps": 1e-5,
+            "bos_token_id": vocab_size - 2, "eos_token_id": vocab_size - 1, "pad_token_id": 1,
+            "projection_dim": cfg["text"]["hidden_size"], **cfg["text"],
+        }
+        text.pop("_class_name")
+        _write_component(CLIPTextModel, text, tmp / "text_encoder", "model.safetensors", rng)
+        _write_component(UNet2DConditionModel, cfg["unet"], tmp / "unet", "diffusion_pytorch_model.safetensors", rng)
+        _write_component(AutoencoderKL, _VAE, tmp / "vae", "diffusion_pytorch_model.safetensors", rng)
+        (tmp / "scheduler").mkdir()
+        scheduler = {**_SCHEDULER, "prediction_type": cfg["prediction_type"]}
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
+        index = {
+            "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+            "requires_safety_checker": False, "feature_extractor": [None, None], "safety_checker": [None, None],
+            "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jstyle.tiny", description="Write a tiny random Stable Diffusion folder (diffusers format)."
+    )
+    parser.add_argument("out", type=Path, help="folder to write (replaced if it exists)")
+    parser.add_argument("--kind", choices=sorted(TINY_CONFIGS), default="sd2")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        print(write_tiny_pipeline(args.out, args.kind, args.seed))
+    except JStyleError as e:
+        print(f"error: {e}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

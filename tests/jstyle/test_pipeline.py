@@ -1,0 +1,101 @@
+"""load_pipeline end to end: parity of prompt encoding and a short DDIM + CFG run with diffusers'
+StableDiffusionPipeline; folder-level errors; the tiny writer's folders load in diffusers too."""
+
+import json
+import shutil
+import subprocess
+
+import jittor as jt
+import numpy as np
+import pytest
+
+from jstyle import load_pipeline, write_tiny_pipeline
+from jstyle.errors import ConfigError, InputError, WeightsError
+
+from .conftest import checker_python
+
+
+@pytest.fixture(scope="module", params=["sd1", "sd2"])
+def loaded(request, tiny_ref):
+    return request.param, load_pipeline(tiny_ref / request.param)
+
+
+def test_prompt_embeddings_match_diffusers(loaded, refs):
+    kind, pipe = loaded
+    ref = refs(kind)
+    out = pipe.encode_prompt("a Dolphin in style_03").numpy()
+    assert np.abs(out - ref["pipe_prompt_embeds"]).max() <= 1e-4
+
+
+def test_text_to_image_matches_diffusers(loaded, refs):
+    kind, pipe = loaded
+    ref = refs(kind)
+    images = pipe.text_to_image("a Dolphin in style_03", num_inference_steps=3, guidance_scale=7.5,
+                                height=16, width=16, latents=jt.array(ref["pipe_latents"]))
+    assert images.dtype == np.uint8 and images.shape == (1, 16, 16, 3)
+    # Tolerance: 1/255 mean absolute difference (uint8 rounding alone is <= 0.5/255).
+    diff = np.abs(images / 255.0 - ref["pipe_images"])
+    assert diff.mean() <= 1 / 255 and diff.max() <= 2 / 255
+    assert pipe.prediction_type == ("epsilon" if kind == "sd1" else "v_prediction")
+
+
+def test_fp16_variant_loads(tiny_ref, refs):
+    pipe = load_pipeline(tiny_ref / "sd1", variant="fp16")
+    ref = refs("sd1")
+    out = pipe.unet(jt.array(ref["unet_sample"]), jt.array(ref["unet_timesteps"]), jt.array(ref["unet_context"]))
+    # fp16-rounded weights in a float32 model: relative error ~1e-3 of the output scale.
+    assert np.abs(out.numpy() - ref["unet_out"]).max() <= 2e-2 * np.abs(ref["unet_out"]).max()
+
+
+def test_bad_inputs(tiny_ref, tmp_path):
+    bad = tmp_path / "sd"
+    shutil.copytree(tiny_ref / "sd1", bad)
+    shutil.rmtree(bad / "vae")
+    with pytest.raises(WeightsError, match="'vae/' is missing"):
+        load_pipeline(bad)
+    shutil.copytree(tiny_ref / "sd1" / "vae", bad / "vae")
+    cfg = json.loads((bad / "unet" / "config.json").read_text())
+    cfg["down_block_types"][1] = "SimpleCrossAttnDownBlock2D"
+    (bad / "unet" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="SimpleCrossAttnDownBlock2D"):
+        load_pipeline(bad)
+    with pytest.raises(WeightsError, match="not found"):
+        load_pipeline(tmp_path / "nowhere")
+    pipe = load_pipeline(tiny_ref / "sd1")
+    with pytest.raises(InputError, match="multiples of 8"):
+        pipe.text_to_image("x", height=20, width=16)
+    with pytest.raises(InputError, match="no prompts"):
+        pipe.text_to_image([])
+
+
+DIFFUSERS_SIDE = """
+import sys, numpy as np, torch
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained(sys.argv[1], safety_checker=None)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+with torch.no_grad():
+    ids = pipe.tokenizer(["a painting of a dolphin"], padding="max_length", truncation=True,
+                         max_length=pipe.tokenizer.model_max_length).input_ids
+    emb = pipe.text_encoder(torch.tensor(ids))[0]
+    out = pipe.unet(torch.from_numpy(x), 500, encoder_hidden_states=emb).sample
+    dec = pipe.vae.decode(torch.from_numpy(x)).sample
+np.savez(sys.argv[2], x=x, ids=np.array(ids), emb=emb.numpy(), out=out.numpy(), dec=dec.numpy())
+"""
+
+
+def test_tiny_writer_folder_loads_in_diffusers(tmp_path):
+    folder = write_tiny_pipeline(tmp_path / "tiny", kind="sd2", seed=3)
+    proc = subprocess.run([checker_python(), "-c", DIFFUSERS_SIDE, str(folder), str(tmp_path / "ref.npz")],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = np.load(tmp_path / "ref.npz")
+    pipe = load_pipeline(folder)
+    ids = pipe.tokenizer(["a painting of a dolphin"], padding="max_length")["input_ids"]
+    np.testing.assert_array_equal(np.array(ids), ref["ids"])
+    emb = pipe.text_encoder(jt.array(ref["ids"])).last_hidden_state
+    assert np.abs(emb.numpy() - ref["emb"]).max() <= 1e-4
+    out = pipe.unet(jt.array(ref["x"]), 500, jt.array(ref["emb"])).numpy()
+    assert np.abs(out - ref["out"]).max() <= 1e-4
+    dec = pipe.vae.decode(jt.array(ref["x"])).numpy()
+    assert np.abs(dec - ref["dec"]).max() <= 1e-4
