@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where Jittor runs; auto picks CUDA when available (default %(default)s)")
     p.add_argument("--dtype", default="auto", metavar="{auto,float32,float16}",
                    help="auto: float16 on CUDA, float32 on CPU (default %(default)s)")
+    p.add_argument("--lora", type=Path, metavar="FILE",
+                   help="LoRA weights (diffusers, PEFT or kohya safetensors), e.g. from python -m jstyle.train_lora")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA (default %(default)s)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder, created if missing")
     return p
 
@@ -101,6 +104,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--eta is a DDIM setting; --scheduler {args.scheduler} does not take it")
     if args.eta < 0:
         raise InputError(f"--eta must be >= 0, got {args.eta}")
+    if args.lora is not None and not args.lora.is_file():
+        raise InputError(f"--lora {args.lora}: file not found")
     if args.dtype not in DTYPES:
         raise InputError(f"unknown --dtype '{args.dtype}'; use one of {', '.join(DTYPES)}")
 
@@ -141,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
     if dtype == "float16" and device != "cuda":
         raise InputError("--dtype float16 needs --device cuda (half precision is very slow on CPU); use float32")
     pipe = load_pipeline(args.model, dtype=dtype)
+    if args.lora is not None:
+        from .lora import apply_lora
+
+        apply_lora(pipe, args.lora, scale=args.lora_scale)
     args.out.mkdir(parents=True, exist_ok=True)
     with tqdm(total=todo, desc="generating", unit="img") as bar:
         for prompt, missing in jobs:
@@ -153,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
                 info = {"prompt": prompt, "negative_prompt": args.negative_prompt, "seed": str(seed),
                         "steps": str(args.steps), "guidance": str(args.guidance), "scheduler": args.scheduler,
                         "model": str(args.model), "generator": "jstyle"}
+                if args.lora is not None:
+                    info.update(lora=str(args.lora), lora_scale=str(args.lora_scale))
                 _save_png(image, args.out / output_name(prompt, seed), info)
                 bar.update(1)
     print(f"wrote {todo} image{'s' * (todo != 1)} to {args.out} ({total - todo} already there)")

@@ -83,6 +83,7 @@ def test_generate_writes_pngs_and_skips_existing(tiny_model, tmp_path, capsys):
         (["--prompt", "x", "--guidance", "-1"], "--guidance"),
         (["--prompt", "x", "--steps", "many"], "invalid int value"),
         (["--prompt", "x", "--eta", "0.5", "--scheduler", "dpm++2m"], "--eta"),
+        (["--prompt", "x", "--lora", "missing.safetensors"], "--lora missing.safetensors: file not found"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
@@ -100,3 +101,29 @@ def test_help(capsys):
 def test_missing_model_is_one_line(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nowhere"), "--prompt", "x", *SMALL, "--out", str(tmp_path)]) == 2
     assert "not found" in one_error_line(capsys)
+
+
+def test_lora_flag_changes_the_image_and_scale_zero_does_not(tiny_model, tmp_path):
+    import jittor as jt
+
+    from jstyle import load_pipeline
+    from jstyle import lora as L
+
+    pipe = load_pipeline(tiny_model)
+    L.inject_lora(pipe.unet, ["to_q", "to_k", "to_v", "to_out.0"], rank=4, alpha=4.0, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for layer in L.lora_layers(pipe.unet).values():
+        w = layer.lora_B.weight
+        w.assign(jt.array((0.5 * rng.standard_normal(w.shape)).astype(np.float32)))
+    lora = L.save_lora(tmp_path / "style", {"unet": pipe.unet})
+
+    def image(*extra: str) -> np.ndarray:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert main(["--model", str(tiny_model), "--prompt", "a dolphin", *SMALL, "--out", str(out), *extra]) == 0
+        (png,) = out.iterdir()
+        with Image.open(png) as im:
+            return np.asarray(im).astype(int)
+
+    plain = image()
+    assert np.abs(image("--lora", str(lora)) - plain).max() > 10
+    np.testing.assert_array_equal(image("--lora", str(lora), "--lora-scale", "0"), plain)

@@ -1,0 +1,105 @@
+"""Train a DreamBooth-LoRA for one style: `python -m jstyle.train_lora --model SD --style-dir DIR`.
+
+Function API: `train_lora(LoRATrainConfig(...), model="path/to/sd")` (or `pipe=` a loaded pipeline);
+presets: `jstyle.training.preset("strong", style_dir=...)`. Every LoRATrainConfig field is a flag
+(`--rank 32`, `--unet-targets to_q,to_v`, `--hflip / --no-hflip`); flags override the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import JStyleError
+from .training.config import PRESETS, LoRATrainConfig
+from .training.trainer import LoRATrainer
+
+__all__ = ["train_lora", "main"]
+
+
+def train_lora(cfg: LoRATrainConfig, model: str | Path | None = None, pipe: Any = None,
+               stop_after: int | None = None) -> Path:
+    """Train and write <output_dir>/pytorch_lora_weights.safetensors (diffusers format); returns its path.
+
+    stop_after: stop after this many steps of this call (as an interruption would); resume with
+    cfg.resume = "latest" (checkpoints need checkpointing_steps > 0).
+    """
+    if pipe is None:
+        if model is None:
+            raise JStyleError("train_lora needs a model folder or a loaded pipeline")
+        from .pipeline import load_pipeline
+
+        pipe = load_pipeline(model, dtype="float16" if cfg.mixed_precision == "fp16" else "float32")
+    return LoRATrainer(pipe, cfg).train(stop_after=stop_after)
+
+
+def _parse_value(kind: str):
+    def parse(text: str):
+        if kind == "tuple":
+            return tuple(t.strip() for t in text.split(",") if t.strip())
+        if kind == "none_float":
+            return None if text.lower() == "none" else float(text)
+        return text if kind == "str" else {"int": int, "float": float}[kind](text)
+
+    return parse
+
+
+def _kind(f: dataclasses.Field) -> str | None:
+    t = str(f.type)
+    if "tuple" in t:
+        return "tuple"
+    if t.startswith("bool"):
+        return "bool"
+    if t.startswith("dict"):
+        return None
+    if "float" in t and "None" in t:
+        return "none_float"
+    for k in ("int", "float", "str"):
+        if t.startswith(k):
+            return k
+    return "str"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jstyle.train_lora", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="diffusers Stable Diffusion folder (the base model)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="baseline")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    for f in dataclasses.fields(LoRATrainConfig):
+        kind = _kind(f)
+        if kind is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if kind == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=f"(default {default})")
+        else:
+            p.add_argument(flag, type=_parse_value(kind), default=argparse.SUPPRESS,
+                           help=f"(default {','.join(default) if isinstance(default, tuple) else default})")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    model, preset, device = args.pop("model"), args.pop("preset"), args.pop("device")
+    try:
+        from .device import use_device
+
+        use_device(device)
+        cfg = LoRATrainConfig.from_dict({**PRESETS[preset], **args})
+        if not cfg.style_dir:
+            raise JStyleError("--style-dir is required (a folder with images/)")
+        path = train_lora(cfg, model=model)
+    except JStyleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,6 @@
+"""DreamBooth-LoRA training: config and presets, data, AdamW and schedules, the training loop."""
+
+from .config import PRESETS, LoRATrainConfig, preset
+from .trainer import Batch, LoRATrainer, dreambooth_loss, mse
+
+__all__ = ["PRESETS", "LoRATrainConfig", "preset", "Batch", "LoRATrainer", "dreambooth_loss", "mse"]

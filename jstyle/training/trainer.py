@@ -1,0 +1,325 @@
+"""DreamBooth-LoRA training loop (Jittor): LoRA-only AdamW on the diffusion loss, with prior preservation.
+
+Randomness: every optimizer step s draws from np.random.default_rng([seed, s, k]) (k = micro-batch),
+and the data order of epoch e from default_rng([seed, 1, e]); nothing else is random. So a run is a
+pure function of (config, base model), and resuming from step s needs no RNG state.
+
+loss = MSE(unet(x_t, t, text), target) [+ prior_loss_weight * same on the class half of the batch],
+x_t = sqrt(a_t) z + sqrt(1 - a_t) eps, target = eps (epsilon) or sqrt(a_t) eps - sqrt(1 - a_t) z (v).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jittor as jt
+import numpy as np
+
+from .. import lora as L
+from ..errors import ConfigError, InputError
+from ..schedulers import DDIMScheduler
+from .config import RESUME_FREE_FIELDS, LoRATrainConfig
+from .dataset import Example, augment, ensure_class_images, load_style_examples
+from .optim import AdamW, clip_grad_norm, global_norm, lr_at
+
+__all__ = ["LoRATrainer", "Batch", "mse", "dreambooth_loss", "CHECKPOINT_DIR"]
+
+CHECKPOINT_DIR = "checkpoints"
+FINAL_NAME = L.WEIGHT_NAME
+
+
+@dataclass
+class Batch:
+    """Pixels [B, 3, R, R] in [-1, 1] and prompts; the class half is empty without prior preservation."""
+
+    pixels: np.ndarray
+    prompts: list[str]
+    class_pixels: np.ndarray | None = None
+    class_prompts: list[str] | None = None
+
+
+def mse(a: jt.Var, b: jt.Var) -> jt.Var:
+    """mean((a - b)^2) in float32."""
+    d = a.float32() - b.float32()
+    return (d * d).mean()
+
+
+def dreambooth_loss(pred: jt.Var, target: jt.Var, n_instance: int, prior_weight: float) -> jt.Var:
+    """MSE on the first n_instance rows + prior_weight * MSE on the rest (DreamBooth eq. 2)."""
+    if pred.shape[0] == n_instance:
+        return mse(pred, target)
+    return mse(pred[:n_instance], target[:n_instance]) + prior_weight * mse(pred[n_instance:], target[n_instance:])
+
+
+class LoRATrainer:
+    """Holds the pipeline with LoRA injected, the data, the optimizer; `train()` runs to max_train_steps."""
+
+    def __init__(self, pipe: Any, cfg: LoRATrainConfig, examples: list[Example] | None = None):
+        self.pipe, self.cfg = pipe, cfg
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler_config)
+        self.prediction_type = pipe.scheduler_config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"training supports epsilon and v_prediction models, not {self.prediction_type}")
+        self.examples = examples if examples is not None else load_style_examples(cfg)
+        self.class_examples: list[Example] = []
+        self.out = Path(cfg.output_dir)
+        self.models = {c: getattr(pipe, c) for c in L.COMPONENTS}
+        for i, (comp, targets) in enumerate(cfg.targets().items()):
+            model = self.models[comp]
+            L.remove_lora(model)
+            L.inject_lora(model, targets, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.dropout,
+                          init=cfg.init, rng=np.random.default_rng([cfg.seed, 2, i]))
+        self.lora_models = {c: self.models[c] for c in cfg.targets()}
+        for model in self.models.values():  # freeze the base: gradients only for LoRA tensors
+            lora_ids = {id(p) for p in L.lora_parameters(model)}
+            for p in model.parameters():
+                if id(p) not in lora_ids:
+                    p.stop_grad()
+        self.params: list[jt.Var] = []
+        self.lr_scale: list[float] = []
+        for comp, model in self.lora_models.items():
+            ps = L.lora_parameters(model)
+            lr = cfg.text_encoder_lr if comp == "text_encoder" and cfg.text_encoder_lr else cfg.learning_rate
+            self.params += ps
+            self.lr_scale += [lr / cfg.learning_rate] * len(ps)
+        self.optim = AdamW(self.params, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2),
+                           cfg.adam_weight_decay, cfg.adam_epsilon)
+        self.step = 0
+        self.log: list[dict[str, Any]] = []
+        self._text_cache: dict[str, np.ndarray] = {}
+        self.loss_scale = 2.0**16 if cfg.mixed_precision == "fp16" else 1.0
+
+    # ------------------------------------------------------------ data
+
+    def prepare_class_images(self) -> None:
+        """Generate (once, cached) the class images for prior preservation."""
+        if not self.cfg.prior_preservation or self.class_examples:
+            return
+        class_dir = Path(self.cfg.class_dir) if self.cfg.class_dir else self.out / "class_images"
+        objs = [e.obj for e in self.examples]
+        for m in self.lora_models.values():
+            L.set_lora_scale(m, 0.0)  # the base model makes the class images
+        try:
+            self.class_examples = ensure_class_images(self.pipe, self.cfg, objs, class_dir, self.cfg.progress)
+        finally:
+            for m in self.lora_models.values():
+                L.set_lora_scale(m, 1.0)
+
+    def _pick(self, examples: list[Example], index: int, salt: int) -> Example:
+        n = len(examples)
+        epoch, pos = divmod(index, n)
+        order = np.random.default_rng([self.cfg.seed, salt, epoch]).permutation(n)
+        return examples[order[pos]]
+
+    def batch(self, micro: int, rng: np.random.Generator) -> Batch:
+        """The micro-batch number `micro` (deterministic order; augmentation drawn from rng)."""
+        bs = self.cfg.train_batch_size
+        inst = [self._pick(self.examples, micro * bs + j, 1) for j in range(bs)]
+        b = Batch(np.stack([augment(e.image, self.cfg, rng) for e in inst]), [e.prompt for e in inst])
+        if self.cfg.prior_preservation:
+            self.prepare_class_images()
+            cls = [self._pick(self.class_examples, micro * bs + j, 3) for j in range(bs)]
+            b.class_pixels = np.stack([augment(e.image, self.cfg, rng) for e in cls])
+            b.class_prompts = [e.prompt for e in cls]
+        return b
+
+    # ------------------------------------------------------------ loss
+
+    def _ids(self, prompts: list[str]) -> jt.Var:
+        ids = self.pipe.tokenizer(prompts, padding="max_length", truncation=True)["input_ids"]
+        return jt.array(np.asarray(ids, dtype=np.int64))
+
+    def encode_text(self, prompts: list[str]) -> jt.Var:
+        """Text states [B, 77, D]; with a frozen text encoder each prompt is encoded once and cached."""
+        te = self.pipe.text_encoder
+        if "text_encoder" in self.lora_models:
+            return te(self._ids(prompts)).last_hidden_state
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            with jt.no_grad():
+                states = te(self._ids(missing)).last_hidden_state.numpy()
+            self._text_cache.update(zip(missing, states))
+        return jt.array(np.stack([self._text_cache[p] for p in prompts]))
+
+    def encode_latents(self, pixels: np.ndarray, rng: np.random.Generator) -> jt.Var:
+        vae, dtype = self.pipe.vae, self.pipe.dtype
+        x = jt.array(pixels).cast(dtype)
+        if "vae" in self.lora_models:
+            z = vae.encode(x).sample(rng)
+        else:
+            with jt.no_grad():
+                z = vae.encode(x).sample(rng)
+            z = z.stop_grad()
+        return z * vae.scaling_factor
+
+    def compute_loss(self, batch: Batch, rng: np.random.Generator) -> jt.Var:
+        """Diffusion loss of one micro-batch: VAE sample, then noise, then timesteps are drawn from rng."""
+        pixels, prompts = batch.pixels, list(batch.prompts)
+        if batch.class_pixels is not None:
+            pixels = np.concatenate([pixels, batch.class_pixels])
+            prompts += list(batch.class_prompts)
+        z = self.encode_latents(pixels, rng)
+        noise = jt.array(rng.standard_normal(tuple(z.shape)).astype(np.float32)).cast(z.dtype)
+        t = rng.integers(0, self.scheduler.config.num_train_timesteps, size=z.shape[0]).astype(np.int64)
+        noisy = self.scheduler.add_noise(z, noise, t)
+        target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(z, noise, t)
+        context = self.encode_text(prompts).cast(self.pipe.dtype)
+        pred = self.pipe.unet(noisy, jt.array(t), context)
+        return dreambooth_loss(pred, target, len(batch.prompts), self.cfg.prior_loss_weight)
+
+    # ------------------------------------------------------------ steps
+
+    def _set_dropout_rng(self, rng: np.random.Generator | None) -> None:
+        for m in self.lora_models.values():
+            L.set_lora_dropout_generator(m, rng)
+
+    def train_step(self, batches: list[Batch] | None = None, noise_seed: int | None = None) -> dict[str, float]:
+        """One optimizer step (gradient accumulation over micro-batches); returns its log entry.
+
+        batches / noise_seed fix the data and the noise+timestep draws (tests: a fixed batch)."""
+        cfg, s = self.cfg, self.step
+        accum = cfg.gradient_accumulation_steps
+        t0 = time.perf_counter()
+        for m in self.lora_models.values():
+            m.train()
+        grads: list[jt.Var] | None = None
+        total = 0.0
+        for k in range(accum):
+            rng = np.random.default_rng([cfg.seed, s, k] if noise_seed is None else noise_seed)
+            self._set_dropout_rng(np.random.default_rng([cfg.seed, s, k, 1]))
+            b = batches[k] if batches is not None else self.batch(s * accum + k, rng)
+            loss = self.compute_loss(b, rng)
+            g = jt.grad(loss * (self.loss_scale / accum), self.params)
+            grads = g if grads is None else [a + c for a, c in zip(grads, g, strict=True)]
+            jt.sync(grads)
+            total += float(loss.item()) / accum
+        for m in self.lora_models.values():
+            m.eval()
+        self._set_dropout_rng(None)
+        if self.loss_scale != 1.0:
+            grads = [g / self.loss_scale for g in grads]
+        norm = None
+        if cfg.max_grad_norm is not None:
+            grads, norm = clip_grad_norm(grads, cfg.max_grad_norm)
+        lr = lr_at(s, cfg.learning_rate, cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.max_train_steps)
+        skipped = False
+        if self.loss_scale != 1.0:  # fp16: skip non-finite steps and back off the scale
+            norm = norm if norm is not None else global_norm(grads)
+            if not math.isfinite(norm):
+                self.loss_scale, skipped = self.loss_scale / 2, True
+        if not skipped:
+            self.optim.step(grads, lr, self.lr_scale)
+        self.step += 1
+        entry = {"step": self.step, "loss": total, "lr": lr, "time_s": time.perf_counter() - t0}
+        if norm is not None:
+            entry["grad_norm"] = norm
+        if skipped:
+            entry["skipped"] = True
+        self.log.append(entry)
+        return entry
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """<output_dir>/checkpoints/step_NNNNNN/ (written to a temp folder, then renamed)."""
+        root = self.out / CHECKPOINT_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step_{self.step:06d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+        try:
+            L.save_lora(tmp / FINAL_NAME, self.lora_models)
+            np.savez(tmp / "optimizer.npz", **self.optim.state_dict())
+            state = {"step": self.step, "fingerprint": self.cfg.fingerprint(), "config": self.cfg.to_dict(),
+                     "loss_scale": self.loss_scale, "log": self.log}
+            (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return final
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from a checkpoint of the same config (ConfigError naming the differing settings)."""
+        path = Path(path)
+        if str(path) == "latest":
+            found = sorted((self.out / CHECKPOINT_DIR).glob("step_*"))
+            if not found:
+                raise InputError(f"{self.out / CHECKPOINT_DIR}: no checkpoint to resume from")
+            path = found[-1]
+        if not (path / "state.json").is_file():
+            raise InputError(f"{path}: not a checkpoint folder (no state.json)")
+        state = json.loads((path / "state.json").read_text())
+        if state.get("fingerprint") != self.cfg.fingerprint():
+            mine = self.cfg.to_dict()
+            same = lambda a, b: json.dumps(a, default=str) == json.dumps(b, default=str)  # noqa: E731
+            diff = sorted(k for k, v in state.get("config", {}).items()
+                          if k not in RESUME_FREE_FIELDS and not same(v, mine.get(k)))
+            raise ConfigError(f"{path}: checkpoint was made with another config (differs in: "
+                              f"{', '.join(diff) or 'unknown'}); resume with the same settings")
+        weights = L.read_lora_file(path / FINAL_NAME)
+        for comp, layers in weights.layers.items():
+            own = L.lora_layers(self.lora_models[comp])
+            for name, p in layers.items():
+                own[name].lora_A.weight.assign(jt.array(p.A))
+                own[name].lora_B.weight.assign(jt.array(p.B))
+        with np.load(path / "optimizer.npz") as f:
+            self.optim.load_state_dict(dict(f))
+        self.step, self.log = int(state["step"]), list(state["log"])
+        self.loss_scale = float(state.get("loss_scale", self.loss_scale))
+        jt.sync(self.params)
+
+    # ------------------------------------------------------------ run
+
+    def train(self, stop_after: int | None = None) -> Path:
+        """Train to max_train_steps (or stop after `stop_after` more steps, as an interruption would);
+        writes checkpoints, the final LoRA and train_log.json; returns the final LoRA's path."""
+        cfg = self.cfg
+        if cfg.resume:
+            self.load_checkpoint(cfg.resume)
+        self.prepare_class_images()
+        end = cfg.max_train_steps if stop_after is None else min(cfg.max_train_steps, self.step + stop_after)
+        steps = range(self.step, end)
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_train_steps, initial=self.step, desc="lora", unit="step")
+        t_start = time.perf_counter()
+        for _ in steps:
+            entry = self.train_step()
+            if bar is not None:
+                bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+                bar.update(1)
+            if cfg.checkpointing_steps and self.step % cfg.checkpointing_steps == 0:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        wall = time.perf_counter() - t_start
+        self.out.mkdir(parents=True, exist_ok=True)
+        meta = {"jstyle_train_config": json.dumps(self.cfg.to_dict(), default=str), "jstyle_step": str(self.step)}
+        path = L.save_lora(self.out / FINAL_NAME, self.lora_models, extra_metadata=meta)
+        times = [e["time_s"] for e in self.log]
+        summary = {
+            "config": self.cfg.to_dict(), "steps": self.log, "final_step": self.step, "wall_s_this_run": wall,
+            "first_step_s": times[0] if times else None,
+            "it_per_s_after_first": (len(times) - 1) / sum(times[1:]) if len(times) > 1 else None,
+        }
+        _write_json(self.out / "train_log.json", summary)
+        return path
+
+
+def _write_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    os.replace(tmp, path)
