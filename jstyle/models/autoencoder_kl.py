@@ -7,7 +7,6 @@ latents [B, 4, H/8, W/8]; decode: latents -> post_quant_conv -> Decoder -> image
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from jittor import nn
 from ..errors import ConfigError, InputError
 from ..ops import randn, silu
 from .attention import Attention, AttentionHooksMixin
+from .configuration import from_diffusers_config
 from .normalization import GroupNorm
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
@@ -267,12 +267,7 @@ class AutoencoderKL(nn.Module, AttentionHooksMixin):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AutoencoderKL:
         """Build from a diffusers vae/config.json dict (bookkeeping keys starting with '_' are ignored)."""
-        cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-        _check_config(cfg)
-        names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        model = cls(**{k: v for k, v in cfg.items() if k in names})
-        model.config = {**model.config, **cfg}
-        return model
+        return from_diffusers_config(cls, config, _check_config)
 
     @staticmethod
     def convert_state_dict(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

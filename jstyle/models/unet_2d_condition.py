@@ -6,7 +6,6 @@ every resnet gets the timestep embedding, every spatial transformer cross-attend
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from jittor import nn
 from ..errors import ConfigError, InputError
 from ..ops import silu
 from .attention import AttentionHooksMixin
+from .configuration import from_diffusers_config
 from .embeddings import TimestepEmbedding, get_timestep_embedding
 from .normalization import GroupNorm
 from .unet_2d_blocks import UNetMidBlock2DCrossAttn, get_down_block, get_up_block
@@ -179,12 +179,7 @@ class UNet2DConditionModel(nn.Module, AttentionHooksMixin):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> UNet2DConditionModel:
         """Build from a diffusers unet/config.json dict (bookkeeping keys starting with '_' are ignored)."""
-        cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-        _check_config(cfg)
-        names = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        model = cls(**{k: v for k, v in cfg.items() if k in names})
-        model.config = {**model.config, **cfg}
-        return model
+        return from_diffusers_config(cls, config, _check_config)
 
     def _timesteps(self, timestep: int | float | jt.Var | np.ndarray, batch: int) -> jt.Var:
         """Any scalar or [1]/[B] timesteps -> float32 [B] (diffusers broadcasts one value to the batch)."""
