@@ -1,0 +1,97 @@
+"""Metric metadata and the run configuration (frozen, built once from the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "MetricInfo",
+    "METRICS",
+    "METRIC_NAMES",
+    "MODES",
+    "FID_MODES",
+    "CheckerConfig",
+    "RANDOM_WEIGHTS_WARNING",
+]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One row of the metric table."""
+
+    name: str
+    key: str  # key in the original checker's output
+    higher_is_better: bool
+    backbone: str | None  # weights slot (see checker.weights), None for pure OpenCV
+    summary: str
+
+
+METRICS: dict[str, MetricInfo] = {
+    m.name: m
+    for m in (
+        MetricInfo("dino", "dino_score", True, "dino", "DINOv2 ViT-B/14 CLS cosine, generated vs references"),
+        MetricInfo("hist", "hist_score", True, None, "OpenCV RGB + HSV histogram correlation"),
+        MetricInfo("lpips", "lpip_score", False, "squeezenet", "LPIPS v0.1 SqueezeNet, all (gen, ref) pairs"),
+        MetricInfo("fid", "fid_score", False, "inception", "FID on 64-d Inception pool features"),
+        MetricInfo("clip_iqa", "clip_iqa_score", True, "clip_rn50", "CLIP-IQA RN50, 'Good photo.' vs 'Bad photo.'"),
+        MetricInfo("clip_r", "clip_r_score", True, "clip", "CLIP ViT-L/14 R-precision, own prompt in the top 5"),
+    )
+}
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+MODES = ("official", "fixed")
+FID_MODES = ("last-style", "all-styles")
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: every backbone was built with random weights; these scores are MEANINGLESS "
+    "(demo / test run only)."
+)
+
+
+@dataclass(frozen=True)
+class CheckerConfig:
+    """Everything a run needs. ``mode`` sets the quirk switches below unless they are given."""
+
+    submission: Path
+    data: Path
+    mode: str = "official"
+    fid_mode: str | None = None  # None: last-style in official mode, all-styles in fixed mode
+    styles: tuple[str, ...] | None = None  # None: every style of the dataset
+    metrics: tuple[str, ...] = METRIC_NAMES
+    device: str = "cpu"  # resolved device ("cpu", "cuda", "cuda:1"); the CLI resolves "auto"
+    batch_size: int = 16
+    random_weights: bool = False
+    seed: int = 0  # only used for --random-weights
+    clip_r_prompts: Path | None = None  # None: <data>/clip_r_prompts.txt if present, else the union
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.fid_mode is not None and self.fid_mode not in FID_MODES:
+            raise ValueError(f"fid_mode must be one of {FID_MODES}, got {self.fid_mode!r}")
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; known: {', '.join(METRIC_NAMES)}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+    @property
+    def official(self) -> bool:
+        return self.mode == "official"
+
+    @property
+    def effective_fid_mode(self) -> str:
+        """FID over the last style only (original bug) or the mean of per-style FIDs."""
+        if self.fid_mode is not None:
+            return self.fid_mode
+        return "last-style" if self.official else "all-styles"
+
+    @property
+    def hist_wraps(self) -> bool:
+        """Reproduce the uint8 wraps (and the dropped top HSV bin) of the original histograms."""
+        return self.official
+
+    @property
+    def clip_iqa_input_scale(self) -> float:
+        """Official: ToTensor()*255 fed with data_range=1.0; fixed: [0, 1] input."""
+        return 255.0 if self.official else 1.0

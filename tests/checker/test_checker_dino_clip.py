@@ -1,0 +1,141 @@
+"""DINO, CLIP-R and CLIP-IQA against their reference libraries, full-size random architectures.
+
+DINO: transformers Dinov2Model + the PIL BitImageProcessor configured as facebook/dinov2-base.
+CLIP-R: transformers CLIPModel forward + CLIPProcessor(padding=True), top-5 of logits_per_image.
+CLIP-IQA: torchmetrics CLIPImageQualityAssessment with its model loader patched to piq's RN50
+built from our random weights and a tokenizer from the wheel's BPE vocabulary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image
+
+from checker.clip_iqa import ANCHOR_TOKENS, ClipIqa
+from checker.clip_r import ClipR, clip_input
+from checker.dino import DinoEmbedder, cosine_matrix, dino_input
+from checker.synthetic import synthetic_image
+from checker.weights import package_file
+
+CPU = torch.device("cpu")
+
+
+def _imgs(seed: int, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    pal = rng.integers(0, 256, (4, 3)).astype(np.float32)
+    return [np.ascontiguousarray(synthetic_image(rng, pal, max(h, w))[:h, :w]) for h, w in sizes]
+
+
+def _pil_processor(kind: str):
+    import transformers
+
+    if kind == "dino":
+        cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
+        return cls(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
+                   do_center_crop=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls()
+
+
+def test_dino_preprocess_matches_processor() -> None:
+    proc = _pil_processor("dino")
+    for img in _imgs(0, [(512, 512), (300, 451), (97, 64)]):
+        ref = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(dino_input(img), ref, atol=1e-6)  # same PIL resize, same float math
+
+
+def test_dino_matches_transformers(dino_model) -> None:
+    gens, refs = _imgs(1, [(512, 512), (320, 240), (200, 300)]), _imgs(2, [(512, 512), (256, 256)])
+    proc = _pil_processor("dino")
+
+    def ref_emb(xs):
+        px = proc(images=[Image.fromarray(x) for x in xs], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            return dino_model(pixel_values=px).pooler_output
+
+    g, r = ref_emb(gens), ref_emb(refs)
+    ref = torch.stack([torch.stack([F.cosine_similarity(gi, rj, dim=0) for rj in r]).mean() for gi in g])
+    emb = DinoEmbedder(dino_model, CPU, batch_size=2)
+    ours = cosine_matrix(emb(gens), emb(refs)).mean(1).float()
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert float(cosine_matrix(emb(refs[:1]), emb(refs[:1]))[0, 0]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_clip_tokenizer_matches_openai_bpe(clip_tokenizer) -> None:
+    st_path = package_file("clip", "simple_tokenizer.py")
+    if st_path is None:
+        pytest.skip("clip-anytorch not installed")
+    spec = importlib.util.spec_from_file_location("clip_simple_tokenizer", st_path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    st = mod.SimpleTokenizer()
+    for text in ("Good photo.", "Bad photo.", "dolphin", "Hot Dog", "ice-cream", "teddy bear"):
+        assert clip_tokenizer(text)["input_ids"] == [49406, *st.encode(text), 49407]
+    assert [tuple(clip_tokenizer(t)["input_ids"]) for t in ("Good photo.", "Bad photo.")] == list(ANCHOR_TOKENS)
+
+
+def test_clip_r_matches_transformers(clip_model, clip_tokenizer) -> None:
+    from transformers import CLIPProcessor
+
+    prompts = ["dolphin", "bread", "lion", "car", "tree", "house", "cat", "violin"]
+    owns = ["dolphin", "zebra", "cat"]  # "zebra" is not a prompt: set(prompts + [own]) adds it
+    imgs = _imgs(3, [(512, 512), (300, 400), (224, 224)])
+    proc = CLIPProcessor(image_processor=_pil_processor("clip"), tokenizer=clip_tokenizer)
+    ref_ranks, ref_logits = [], []
+    for img, own in zip(imgs, owns):
+        cands = sorted(set(prompts + [own]))
+        inputs = proc(text=cands, images=Image.fromarray(img), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            logits = clip_model(**inputs).logits_per_image[0]
+        order = torch.argsort(logits, descending=True).tolist()
+        ref_ranks.append(order.index(cands.index(own)))
+        ref_logits.append(logits)
+        np.testing.assert_allclose(clip_input(img), inputs["pixel_values"][0].numpy(), atol=1e-6)
+    scorer = ClipR(clip_model, clip_tokenizer, CPU, batch_size=2)
+    scorer.set_words(prompts + owns)
+    logits = scorer.image_logits(imgs)
+    assert scorer.ranks_from_logits(logits, owns, prompts) == ref_ranks
+    for i, own in enumerate(owns):
+        cands = sorted(set(prompts + [own]))
+        idx = [scorer.words.index(c) for c in cands]
+        torch.testing.assert_close(logits[i, idx], ref_logits[i], atol=2e-3, rtol=1e-4)  # logits ~ scale 100
+
+
+@pytest.fixture()
+def tm_clip_iqa(rn50, clip_tokenizer, monkeypatch: pytest.MonkeyPatch):
+    """torchmetrics CLIPImageQualityAssessment on piq's RN50 built from our random weights."""
+    import copy
+
+    import torchmetrics.multimodal.clip_iqa as tm_mod
+    from piq.feature_extractors import clip as piq_clip
+    from transformers import CLIPProcessor
+
+    ref_model = piq_clip.build_model(copy.deepcopy(rn50.state_dict())).float().eval()
+    proc = CLIPProcessor(image_processor=_pil_processor("clip"), tokenizer=clip_tokenizer)
+    monkeypatch.setattr(tm_mod, "_get_clip_iqa_model_and_processor", lambda name: (ref_model, proc))
+    return lambda data_range: tm_mod.CLIPImageQualityAssessment(data_range=data_range, prompts=("quality",))
+
+
+@pytest.mark.parametrize("mode", ["official", "fixed"])
+def test_clip_iqa_matches_torchmetrics(rn50, tm_clip_iqa, mode: str) -> None:
+    imgs = _imgs(4, [(96, 128)] * 3)
+    x = torch.stack([T.ToTensor()(Image.fromarray(i)) for i in imgs])
+    metric = tm_clip_iqa(1.0)
+    metric.update(x * 255 if mode == "official" else x)  # the original fed ToTensor()*255, data_range=1
+    ref = metric.compute()
+    ours = ClipIqa(rn50, CPU, input_scale=255.0 if mode == "official" else 1.0)(imgs)
+    torch.testing.assert_close(ours, ref.reshape(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_clip_iqa_mixed_sizes_match_one_by_one(rn50) -> None:
+    imgs = _imgs(5, [(64, 64), (96, 64), (64, 64)])
+    scorer = ClipIqa(rn50, CPU, input_scale=1.0)
+    together = scorer(imgs)
+    single = torch.cat([scorer([i]) for i in imgs])
+    torch.testing.assert_close(together, single, atol=1e-6, rtol=1e-6)
