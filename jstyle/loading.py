@@ -40,10 +40,12 @@ def read_json(path: str | Path) -> dict[str, Any]:
 def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """All tensors of a .safetensors file as numpy arrays; bf16 is widened to float32."""
     path = Path(path)
-    data = path.read_bytes()
+    if not path.is_file() or path.stat().st_size < 8:
+        raise WeightsError(f"{path}: missing or empty; copy the weights file again")
+    data = np.memmap(path, dtype=np.uint8, mode="r")  # mapped, not read: no second copy of the weights
     try:
-        (header_len,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + header_len])
+        (header_len,) = struct.unpack("<Q", data[:8].tobytes())
+        header = json.loads(data[8 : 8 + header_len].tobytes())
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError):
         raise WeightsError(f"{path}: not a safetensors file (bad header); re-download or re-convert it")
     base = 8 + header_len
@@ -115,7 +117,7 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, np.ndarray], sour
         )
     np_dtype = np.dtype(dtype)
     module.load_parameters({
-        k: v.astype(np_dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()
+        k: v.astype(np_dtype, copy=False) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()
     })
 
 
