@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--size", type=int, default=None, help="generation size in pixels (default 512; demo 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-check", action="store_true", help="with --demo: skip scoring with check.sh")
     return p.parse_args(argv)
 
 
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if model is None:
         if not args.demo:
             raise SystemExit("error: --model DIR is required (or use --demo)")
-        model = args.out / "tiny-sd2"
+        home = Path(os.environ.get("JSTYLE_HOME", Path.home() / ".cache" / "jstyle"))
+        model = home / "models" / f"tiny-sd2-seed{args.seed}"
         if not (model / "model_index.json").exists():
             write_tiny_pipeline(model, kind="sd2", seed=args.seed)
     pipe = load_pipeline(model, dtype="float16" if device == "cuda" else "float32")
@@ -83,7 +85,21 @@ def run(args: argparse.Namespace) -> int:
                 "generated": done, "total": len(jobs), "seconds": round(time.time() - started, 1)}
     (args.out / "run.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{len(jobs)} images under {args.out} ({done} new, {time.time() - started:.0f} s)")
+    if args.demo and not args.no_check:
+        return score_demo(args)
     return 0
+
+
+def score_demo(args: argparse.Namespace) -> int:
+    """Score the demo with check.sh in the checker env (random-weight backbones: labelled meaningless)."""
+    import subprocess
+
+    cmd = ["bash", str(ROOT / "check.sh"), "--submission", str(args.out), "--data", str(args.data),
+           "--random-weights", "--out", str(args.out / "result.json"), "--report", str(args.out / "report.html")]
+    if args.styles:
+        cmd += ["--styles", args.styles]
+    print("scoring: " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd).returncode
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 # Creates/updates the jstyle env (once per machine), then runs run_all.py in it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-bash "$root/envs/setup.sh" jstyle
+envs=jstyle
+for arg in "$@"; do [ "$arg" = --demo ] && envs=all; done   # the demo also scores with the checker
+bash "$root/envs/setup.sh" "$envs"
 # shellcheck source=envs/env.sh
 source "$root/envs/env.sh"
 exec "$JSTYLE_PYTHON" "$root/run_all.py" "$@"

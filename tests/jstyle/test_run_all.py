@@ -11,7 +11,8 @@ import run_all  # noqa: E402
 
 
 def test_demo_writes_submission_layout_and_resumes(tmp_path):
-    args = ["--demo", "--out", str(tmp_path), "--styles", "00", "--steps", "1", "--size", "16", "--device", "cpu"]
+    args = ["--demo", "--out", str(tmp_path), "--styles", "00", "--steps", "1", "--size", "16", "--device", "cpu",
+            "--no-check"]
     assert run_all.main(args) == 0
     prompts = json.loads((run_all.ROOT / "demo" / "data" / "00" / "prompt.json").read_text()).values()
     files = sorted(p.name for p in (tmp_path / "00").iterdir())
@@ -25,6 +26,6 @@ def test_demo_writes_submission_layout_and_resumes(tmp_path):
 
 
 def test_bad_style_is_one_line_error(tmp_path, capsys):
-    assert run_all.main(["--demo", "--out", str(tmp_path), "--styles", "99", "--device", "cpu"]) == 2
+    assert run_all.main(["--demo", "--out", str(tmp_path), "--styles", "99", "--device", "cpu", "--no-check"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "99" in err and "\n" not in err
