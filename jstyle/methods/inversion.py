@@ -1,0 +1,132 @@
+"""Deterministic DDIM inversion (eta = 0) and the matching DDIM sampling loop.
+
+Inversion walks the sampling schedule backwards: from a clean latent up to the noisiest kept
+timestep, evaluating the UNet at the *target* timestep label on the current latent, as diffusers'
+DDIMInverseScheduler and null-text inversion do. Sampling back from the result regenerates the
+latent up to the approximation eps(x_{t-1}, t) ~ eps(x_t, t).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jittor as jt
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from ..schedulers.ddim import DDIMScheduler
+
+__all__ = ["ddim_inversion_step", "ddim_invert", "ddim_sample", "make_scheduler", "inversion_timesteps",
+           "split_prediction"]
+
+StepCallback = Callable[[int, int, jt.Var], None]
+
+
+def make_scheduler(pipe, num_steps: int) -> DDIMScheduler:
+    """A DDIM scheduler from the pipeline's scheduler config, with `num_steps` timesteps set."""
+    if num_steps < 1:
+        raise ConfigError(f"DDIM inversion needs at least 1 step, got {num_steps}")
+    scheduler = DDIMScheduler.from_config(pipe.scheduler_config)
+    scheduler.set_timesteps(num_steps)
+    return scheduler
+
+
+def inversion_timesteps(scheduler: DDIMScheduler, num_inversion_steps: int | None = None) -> np.ndarray:
+    """Ascending timestep labels of the inversion: the last `num_inversion_steps` of the sampling schedule."""
+    n = len(scheduler.timesteps) if num_inversion_steps is None else num_inversion_steps
+    if not 1 <= n <= len(scheduler.timesteps):
+        raise ConfigError(f"num_inversion_steps must be in 1..{len(scheduler.timesteps)}, got {n}")
+    return scheduler.timesteps[::-1][:n].copy()
+
+
+def split_prediction(model_output: jt.Var, sample: jt.Var, alpha: np.float32,
+                     prediction_type: str) -> tuple[jt.Var, jt.Var]:
+    """(x0, eps) of a sample at noise level abar = a.
+
+    v-prediction: x0 = sqrt(a) x - sqrt(1-a) v, eps = sqrt(a) v + sqrt(1-a) x.
+    """
+    sa, sb = float(np.sqrt(alpha)), float(np.sqrt(np.float32(1) - alpha))
+    if prediction_type == "epsilon":
+        return (sample - sb * model_output) / sa, model_output
+    if prediction_type == "v_prediction":
+        return sa * sample - sb * model_output, sa * model_output + sb * sample
+    if prediction_type == "sample":
+        return model_output, (sample - sa * model_output) / sb
+    raise ConfigError(f"prediction_type '{prediction_type}' unknown; use epsilon, v_prediction or sample")
+
+
+def ddim_inversion_step(x0: jt.Var, eps: jt.Var, alpha_next: np.float32) -> jt.Var:
+    """One eta-0 DDIM step towards more noise."""
+    # x_{t+1} = sqrt(a_{t+1}) x0_hat + sqrt(1 - a_{t+1}) eps_hat
+    return float(np.sqrt(alpha_next)) * x0 + float(np.sqrt(np.float32(1) - alpha_next)) * eps
+
+
+def _context(prompt_embeds: jt.Var, batch: int) -> jt.Var:
+    if prompt_embeds.shape[0] == batch:
+        return prompt_embeds
+    if prompt_embeds.shape[0] != 1:
+        raise InputError(f"prompt_embeds has batch {prompt_embeds.shape[0]} for {batch} latents; pass 1 or {batch}")
+    return jt.concat([prompt_embeds] * batch) if batch > 1 else prompt_embeds
+
+
+def ddim_invert(
+    pipe,
+    latents: jt.Var,
+    prompt_embeds: jt.Var,
+    num_steps: int,
+    callback: StepCallback | None = None,
+    num_inversion_steps: int | None = None,
+) -> list[jt.Var]:
+    """DDIM-invert clean latents [B, C, h, w] along the `num_steps` DDIM schedule (no CFG).
+
+    Returns the latents after each step, least noisy first: entry i is the latent at timestep
+    `inversion_timesteps(...)[i]`; the last entry is the start of `ddim_sample`. Only the first
+    `num_inversion_steps` steps (default all) are taken. `callback(i, t, latents)` runs before each
+    UNet evaluation (processors that record features use it to learn the timestep).
+    """
+    scheduler = make_scheduler(pipe, num_steps)
+    stride = scheduler.config.num_train_timesteps // num_steps
+    context = _context(prompt_embeds, latents.shape[0])
+    kind = scheduler.config.prediction_type
+    x, out = latents, []
+    with jt.no_grad():
+        for i, t in enumerate(inversion_timesteps(scheduler, num_inversion_steps)):
+            t = int(t)
+            prev = t - stride  # the level the current latent is at (the final alpha for the clean latent)
+            alpha = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+            if callback is not None:
+                callback(i, t, x)
+            model_output = pipe.unet(x, t, context)
+            x0, eps = split_prediction(model_output, x, alpha, kind)
+            x = ddim_inversion_step(x0, eps, scheduler.alphas_cumprod[t])
+            x.sync()
+            out.append(x)
+    return out
+
+
+def ddim_sample(
+    pipe,
+    latents: jt.Var,
+    prompt_embeds: jt.Var,
+    num_steps: int,
+    num_denoise_steps: int | None = None,
+    callback: StepCallback | None = None,
+) -> jt.Var:
+    """Eta-0 DDIM sampling without CFG over the last `num_denoise_steps` (default all) of the schedule.
+
+    `latents` are at timestep `scheduler.timesteps[num_steps - num_denoise_steps]`, e.g. the last entry of
+    `ddim_invert(..., num_inversion_steps=num_denoise_steps)`. `callback(i, t, latents)` runs before each
+    UNet evaluation. Returns the clean latents.
+    """
+    scheduler = make_scheduler(pipe, num_steps)
+    timesteps = inversion_timesteps(scheduler, num_denoise_steps)[::-1]
+    context = _context(prompt_embeds, latents.shape[0])
+    x = latents
+    with jt.no_grad():
+        for i, t in enumerate(timesteps):
+            t = int(t)
+            if callback is not None:
+                callback(i, t, x)
+            x = scheduler.step(pipe.unet(x, t, context), t, x).prev_sample
+            x.sync()
+    return x
