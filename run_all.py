@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from jstyle import load_pipeline, write_tiny_pipeline
     from jstyle.data import list_styles, read_prompts
     from jstyle.device import use_device
+    from jstyle.images import save_png
 
     device = use_device(args.device)
     steps = args.steps or (4 if args.demo else 25)
@@ -77,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
         image = pipe.text_to_image(f"{prompt} in style_{style}", num_inference_steps=steps,
                                    guidance_scale=args.guidance, height=size, width=size, generator=rng)[0]
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp.png")
-        Image.fromarray(image).resize((512, 512), Image.BICUBIC).save(tmp)
-        os.replace(tmp, target)
+        save_png(np.asarray(Image.fromarray(image).resize((512, 512), Image.BICUBIC)), target)
         done += 1
     manifest = {"model": str(model), "device": device, "steps": steps, "size": size, "seed": args.seed,
                 "generated": done, "total": len(jobs), "seconds": round(time.time() - started, 1)}

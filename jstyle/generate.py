@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
 import sys
 from pathlib import Path
@@ -110,26 +109,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"unknown --dtype '{args.dtype}'; use one of {', '.join(DTYPES)}")
 
 
-def _save_png(image, path: Path, info: dict[str, str]) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace."""
-    from PIL import Image, PngImagePlugin
-
-    meta = PngImagePlugin.PngInfo()
-    for key, value in info.items():
-        meta.add_text(key, value)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG", pnginfo=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
     from .device import use_device
+    from .images import save_png
     from .pipeline import load_pipeline
 
     check_args(args)
@@ -164,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                         "model": str(args.model), "generator": "jstyle"}
                 if args.lora is not None:
                     info.update(lora=str(args.lora), lora_scale=str(args.lora_scale))
-                _save_png(image, args.out / output_name(prompt, seed), info)
+                save_png(image, args.out / output_name(prompt, seed), info)
                 bar.update(1)
     print(f"wrote {todo} image{'s' * (todo != 1)} to {args.out} ({total - todo} already there)")
     return 0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
 
-__all__ = ["load_image", "center_square"]
+__all__ = ["load_image", "center_square", "save_png"]
 
 
 def center_square(image: np.ndarray) -> np.ndarray:
@@ -37,3 +38,20 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
         return image
     square = Image.fromarray(center_square(image))
     return np.asarray(square.resize((size, size), Image.LANCZOS), dtype=np.uint8)
+
+
+def save_png(image: np.ndarray, path: str | Path, info: dict[str, str] | None = None) -> None:
+    """Write a uint8 [H, W, 3] image atomically (temp file in the same folder, then os.replace), with
+    optional PNG text fields; a crash never leaves a truncated PNG under the final name."""
+    from PIL import Image, PngImagePlugin
+
+    path = Path(path)
+    meta = PngImagePlugin.PngInfo()
+    for key, value in (info or {}).items():
+        meta.add_text(key, value)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

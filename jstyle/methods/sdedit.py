@@ -17,7 +17,6 @@ CLI: python -m jstyle.methods.sdedit --model DIR (--init IMG | --style-dir DIR) 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -261,23 +260,12 @@ def _style_images(folder: Path) -> list[Path]:
     return paths
 
 
-def _save_png(image: np.ndarray, path: Path) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace."""
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..device import use_device
     from ..generate import output_name
+    from ..images import save_png
     from ..pipeline import load_pipeline
 
     check_args(args)
@@ -300,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
                         guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
                         scheduler=args.scheduler, generator=np.random.default_rng(args.seed),
                         posterior=args.posterior, progress=True)[0]
-        _save_png(image, args.out / output_name(prompt, args.seed))
+        save_png(image, args.out / output_name(prompt, args.seed))
     print(f"wrote {len(todo)} image{'s' * (len(todo) != 1)} to {args.out} ({len(prompts) - len(todo)} already there)")
     return 0
 

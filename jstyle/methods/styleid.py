@@ -12,7 +12,6 @@ UNet is never forked.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,20 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def run(args: argparse.Namespace) -> int:
     from ..device import use_device
-    from ..images import load_image
+    from ..images import load_image, save_png
     from ..pipeline import load_pipeline
 
     cfg = StyleIDConfig(gamma=args.gamma, T=args.T, steps=args.steps, start_step=args.start_step,
@@ -336,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     for i in range(0, len(todo), args.batch):
         out = stylize(pipe, np.stack(images[i:i + args.batch]), features, cfg)
         for (_, path), image in zip(todo[i:i + args.batch], out):
-            _save_png(image, path)
+            save_png(image, path)
             print(path)
     return 0
 
