@@ -15,7 +15,8 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import InputError, JStyleError
+from .cli import run_cli
+from .errors import InputError
 
 __all__ = ["main", "output_name", "slugify"]
 
@@ -157,15 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with a one-line `error: ...` for a user-fixable problem)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help (0), or a bad argument (2, already reported on one line)
-        return int(e.code or 0)
-    try:
-        return run(args)
-    except JStyleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

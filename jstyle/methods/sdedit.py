@@ -17,14 +17,14 @@ CLI: python -m jstyle.methods.sdedit --model DIR (--init IMG | --style-dir DIR) 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, JStyleError
+from ..cli import run_cli
+from ..errors import InputError
 
 __all__ = ["read_rgb", "mean_image", "strength_timesteps", "img2img", "build_parser", "main"]
 
@@ -295,15 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with a one-line `error: ...` for a user-fixable problem)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        return run(args)
-    except JStyleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 import jittor as jt
 import numpy as np
 
-from ..errors import ConfigError, InputError, JStyleError
+from ..cli import run_cli
+from ..errors import ConfigError, InputError
 from ..models.attention import Attention
 from ..ops import attention, mean_std
 from .inversion import ddim_invert, ddim_sample
@@ -330,12 +331,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except JStyleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Entry point; returns the exit status (2 with a one-line `error: ...` for a user-fixable problem)."""
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
