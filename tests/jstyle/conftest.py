@@ -30,22 +30,43 @@ def checker_python() -> str:
     return exe
 
 
+def cache_dir(tmp_path_factory, name: str) -> Path:
+    """Per-machine cache for reference outputs: $JSTYLE_HOME/test-cache/<name>, else pytest's tmp."""
+    home = os.environ.get("JSTYLE_HOME")
+    return (Path(home) / "test-cache" if home else tmp_path_factory.getbasetemp()) / name
+
+
+def run_reference(script: Path, *args: str) -> str:
+    """Run a tests/reference script in the checker env; a failure fails the test with its output."""
+    proc = subprocess.run([checker_python(), str(script), *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ""})
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        pytest.fail(f"{script.name} {' '.join(args[:1])} failed in the checker env (exit {proc.returncode})")
+    return proc.stdout
+
+
+def reference_npz(script: Path, name: str, key: bytes, inputs: dict, model: Path, tmp_path_factory) -> dict:
+    """`script MODEL IN.npz OUT.npz` run once per (script, key) and cached; returns OUT's arrays."""
+    digest = hashlib.sha256(script.read_bytes() + key).hexdigest()[:12]
+    folder = cache_dir(tmp_path_factory, f"{name}-{digest}")
+    out = folder / "out.npz"
+    if not out.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "in.npz", **inputs)
+        run_reference(script, str(model), str(folder / "in.npz"), str(folder / "tmp.npz"))
+        os.replace(folder / "tmp.npz", out)
+    with np.load(out) as f:
+        return dict(f)
+
+
 @pytest.fixture(scope="session")
 def tiny_ref(tmp_path_factory) -> Path:
     """Folder with sd1/, sd2/ (diffusers format), {sd1,sd2}_refs.npz and tokenizer_refs.json."""
-    key = hashlib.sha256(MAKE_TINY.read_bytes()).hexdigest()[:12]
-    home = os.environ.get("JSTYLE_HOME")
-    base = Path(home) / "test-cache" if home else tmp_path_factory.getbasetemp()
-    out = base / f"tiny-{key}"
+    out = cache_dir(tmp_path_factory, f"tiny-{hashlib.sha256(MAKE_TINY.read_bytes()).hexdigest()[:12]}")
     if not (out / "DONE").exists():
         out.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(
-            [checker_python(), str(MAKE_TINY), str(out)], capture_output=True, text=True,
-            env={**os.environ, "PYTHONPATH": ""},
-        )
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-            pytest.fail(f"{MAKE_TINY.name} failed in the checker env (exit {proc.returncode})")
+        run_reference(MAKE_TINY, str(out))
     return out
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +23,7 @@ from jstyle.loading import load_model
 from jstyle.models.clip_text import CLIPTextModel
 from jstyle.models.unet_2d_condition import UNet2DConditionModel
 
-from .conftest import checker_python
+from .conftest import cache_dir, run_reference
 
 INTEROP = Path(__file__).resolve().parents[1] / "reference" / "lora_interop.py"
 # float32 UNet/text outputs of the same weights: measured max abs diff ~7e-6 (outputs of size ~2-4)
@@ -36,21 +33,13 @@ N_TEXT_TENSORS = 24  # 3 layers x 4 projections x (A, B)
 
 
 def _run_checker(*args: str) -> str:
-    proc = subprocess.run([checker_python(), str(INTEROP), *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ""})
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        pytest.fail(f"{INTEROP.name} {args[0]} failed in the checker env (exit {proc.returncode})")
-    return proc.stdout
+    return run_reference(INTEROP, *args)
 
 
 @pytest.fixture(scope="module")
 def peft_made(tiny_ref, tmp_path_factory) -> Path:
     """LoRA made by peft/diffusers on tiny sd1, cached per machine by the script's hash."""
-    key = hashlib.sha256(INTEROP.read_bytes()).hexdigest()[:12]
-    home = os.environ.get("JSTYLE_HOME")
-    base = Path(home) / "test-cache" if home else tmp_path_factory.getbasetemp()
-    out = base / f"lora-{key}"
+    out = cache_dir(tmp_path_factory, f"lora-{hashlib.sha256(INTEROP.read_bytes()).hexdigest()[:12]}")
     if not (out / "outputs.npz").exists():
         out.mkdir(parents=True, exist_ok=True)
         _run_checker("make", str(tiny_ref / "sd1"), str(out))

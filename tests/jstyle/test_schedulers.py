@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jittor as jt
@@ -26,7 +23,7 @@ from jstyle.schedulers import (
 )
 from jstyle.schedulers.common import step_noise
 
-from .conftest import checker_python
+from .conftest import cache_dir, run_reference
 
 SCRIPT = Path(__file__).resolve().parents[1] / "reference" / "make_scheduler_refs.py"
 CLASSES = {cls.__name__: cls for cls in (DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler)}
@@ -47,15 +44,9 @@ SIGMA_RTOL = 1e-6  # sigmas: numpy vs torch float32 cumprod / sqrt, a few ulps
 def sched_ref(tiny_ref, tmp_path_factory) -> Path:
     """Folder with sched_refs.npz and sched_pipe_refs.npz, built in the checker env and cached."""
     key = hashlib.sha256(SCRIPT.read_bytes() + tiny_ref.name.encode()).hexdigest()[:12]
-    home = os.environ.get("JSTYLE_HOME")
-    base = Path(home) / "test-cache" if home else tmp_path_factory.getbasetemp()
-    out = base / f"sched-{key}"
+    out = cache_dir(tmp_path_factory, f"sched-{key}")
     if not (out / "DONE").exists():
-        proc = subprocess.run([checker_python(), str(SCRIPT), str(out), str(tiny_ref)], capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": ""})
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-            pytest.fail(f"{SCRIPT.name} failed in the checker env (exit {proc.returncode})")
+        run_reference(SCRIPT, str(out), str(tiny_ref))
     return out
 
 

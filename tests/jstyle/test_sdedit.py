@@ -5,10 +5,6 @@ mean image, LoRA, CLI and errors.
 Shapes: one 16x16 image (8x8 latents), UNet batch 2 (CFG), 10-step schedule, as the other tiny tests.
 """
 
-import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,7 @@ from jstyle.errors import InputError
 from jstyle.methods import sdedit
 from jstyle.methods.sdedit import img2img, mean_image, read_rgb, strength_timesteps
 
-from .conftest import checker_python
+from .conftest import reference_npz
 
 REF = Path(__file__).resolve().parents[1] / "reference" / "sdedit_ref.py"
 PROMPT = "a lion painting"
@@ -49,23 +45,8 @@ def pipes(tiny_ref):
 
 def _reference(kind: str, tiny_ref: Path, inputs: dict, tmp_path_factory) -> dict:
     """diffusers' output on `inputs` (cached per script / input hash)."""
-    blob = REF.read_bytes() + b"".join(np.asarray(v).tobytes() for v in inputs.values()) + kind.encode()
-    digest = hashlib.sha256(blob + str(tiny_ref).encode()).hexdigest()[:12]
-    home = os.environ.get("JSTYLE_HOME")
-    folder = (Path(home) / "test-cache" if home else tmp_path_factory.getbasetemp()) / f"sdedit-{kind}-{digest}"
-    out = folder / "out.npz"
-    if not out.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "in.npz", **inputs)
-        proc = subprocess.run([checker_python(), str(REF), str(tiny_ref / kind), str(folder / "in.npz"),
-                               str(folder / "tmp.npz")], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": ""})
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-            pytest.fail(f"{REF.name} failed in the checker env (exit {proc.returncode})")
-        os.replace(folder / "tmp.npz", out)
-    with np.load(out) as f:
-        return dict(f)
+    key = b"".join(np.asarray(v).tobytes() for v in inputs.values()) + kind.encode() + str(tiny_ref).encode()
+    return reference_npz(REF, f"sdedit-{kind}", key, inputs, tiny_ref / kind, tmp_path_factory)
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])

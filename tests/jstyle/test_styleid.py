@@ -5,10 +5,6 @@ Settings: 16x16 images (8x8 latents), a 10-step schedule, start_step 3 (inversio
 tiny UNet is chaotic at high t (see test_inversion.py), so deep inversions would hide the method's logic.
 """
 
-import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jittor as jt
@@ -21,7 +17,7 @@ from jstyle.methods import styleid
 from jstyle.methods.inversion import ddim_invert, ddim_sample
 from jstyle.methods.styleid import StyleIDConfig, adain, invert_style, resolve_layers, stylize, stylize_latents
 
-from .conftest import checker_python
+from .conftest import reference_npz
 
 REF = Path(__file__).resolve().parents[1] / "reference" / "styleid_ref.py"
 CFG = StyleIDConfig(steps=10, start_step=3)
@@ -52,23 +48,8 @@ def reference(request, setup, tiny_ref, tmp_path_factory):
     kind, (_, content, style) = request.param, setup
     inputs = dict(content=content, style=style, gamma=CFG.gamma, T=CFG.T, steps=CFG.steps,
                   start_step=CFG.start_step, adain=CFG.adain, inject=CFG.inject, layers="up_blocks.1")
-    key = REF.read_bytes() + content.tobytes() + style.tobytes() + f"{CFG!r} {kind}".encode()
-    digest = hashlib.sha256(key).hexdigest()
-    home = os.environ.get("JSTYLE_HOME")
-    folder = (Path(home) / "test-cache" if home else tmp_path_factory.getbasetemp()) / f"styleid-{digest[:12]}"
-    out = folder / "out.npz"
-    if not out.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "in.npz", **inputs)
-        proc = subprocess.run([checker_python(), str(REF), str(tiny_ref / kind), str(folder / "in.npz"),
-                               str(folder / "tmp.npz")], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": ""})
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-            pytest.fail(f"{REF.name} failed in the checker env (exit {proc.returncode})")
-        os.replace(folder / "tmp.npz", out)
-    with np.load(out) as f:
-        return kind, dict(f)
+    key = content.tobytes() + style.tobytes() + f"{CFG!r} {kind}".encode()
+    return kind, reference_npz(REF, "styleid", key, inputs, tiny_ref / kind, tmp_path_factory)
 
 
 def test_default_layers_resolve_to_existing_decoder_attn1(setup):
