@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,25 +183,30 @@ def _settings_key(cfg: StyleIDConfig, layers: list[str]) -> tuple:
     return cfg.steps, cfg.start_step, tuple(layers)
 
 
+@contextmanager
+def _hooked(unet, hooks: list) -> Iterator[Callable[[int, int, jt.Var], None]]:
+    """Install `hooks` (processors with .name and .timestep) on their layers for the block, then put the
+    original processors back; yields the per-step callback that tells the hooks the current timestep."""
+    saved = unet.attn_processors
+    unet.set_attn_processor({**saved, **{f"{h.name}.processor": h for h in hooks}})
+
+    def on_step(i: int, t: int, x: jt.Var) -> None:
+        for h in hooks:
+            h.timestep = t
+
+    try:
+        yield on_step
+    finally:
+        unet.set_attn_processor(saved)
+
+
 def _invert(pipe, latents: jt.Var, cfg: StyleIDConfig, layers: list[str], keep: str) -> tuple[jt.Var, dict]:
     """Invert with recording processors on `layers` (none if keep is empty); restores the processors."""
     store: dict = {}
-    saved = pipe.unet.attn_processors
     recorders = [RecordProcessor(name, store, keep) for name in layers] if keep else []
-    procs = dict(saved)
-    for r in recorders:
-        procs[f"{r.name}.processor"] = r
-
-    def on_step(i: int, t: int, x: jt.Var) -> None:
-        for r in recorders:
-            r.timestep = t
-
-    pipe.unet.set_attn_processor(procs)
-    try:
+    with _hooked(pipe.unet, recorders) as on_step:
         latents = ddim_invert(pipe, latents, pipe.encode_prompt(""), cfg.steps, on_step,
                               num_inversion_steps=cfg.start_step)[-1]
-    finally:
-        pipe.unet.set_attn_processor(saved)
     return latents, store
 
 
@@ -238,21 +245,9 @@ def stylize_latents(pipe, content_latents: jt.Var, style: StyleFeatures, cfg: St
         raise ConfigError("these StyleFeatures were made with other steps/start_step/layers; run invert_style again")
     z_c, q_store = _invert(pipe, content_latents, cfg, layers, "q" if cfg.inject else "")
     z = adain(z_c, style.latent) if cfg.adain else z_c
-    saved = pipe.unet.attn_processors
     injectors = [InjectProcessor(n, q_store, style.kv, cfg.gamma, cfg.T) for n in layers] if cfg.inject else []
-    procs = dict(saved)
-    for p in injectors:
-        procs[f"{p.name}.processor"] = p
-
-    def on_step(i: int, t: int, x: jt.Var) -> None:
-        for p in injectors:
-            p.timestep = t
-
-    pipe.unet.set_attn_processor(procs)
-    try:
+    with _hooked(pipe.unet, injectors) as on_step:
         return ddim_sample(pipe, z, pipe.encode_prompt(""), cfg.steps, cfg.start_step, on_step)
-    finally:
-        pipe.unet.set_attn_processor(saved)
 
 
 def stylize(pipe, content_images: np.ndarray, style_image: np.ndarray | StyleFeatures,
