@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
+from .cli import run_cli
 from .errors import JStyleError
 from .tokenizer import write_toy_vocab
 
@@ -139,14 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="folder to write (replaced if it exists)")
     parser.add_argument("--kind", choices=sorted(TINY_CONFIGS), default="sd2")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        print(write_tiny_pipeline(args.out, args.kind, args.seed))
-    except JStyleError as e:
-        print(f"error: {e}")
-        return 2
-    return 0
-
+    return run_cli(parser, lambda args: print(write_tiny_pipeline(args.out, args.kind, args.seed)) or 0, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())
