@@ -1,0 +1,157 @@
+"""The task-graph engine on toy tasks (no model work): dependencies, workers, retries, resume, kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jstyle.errors import ConfigError
+from jstyle.jobs import Task, TaskGraph, parse_workers, run_graph
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY = "tests.jstyle.jobs_tasks:execute"
+
+
+def plan(styles=("00", "01"), prompts=("Cat", "Dog")) -> TaskGraph:
+    g = TaskGraph()
+    for s in styles:
+        g.add(Task(f"{s}/train", "train", s, outputs=(f"work/{s}/lora",)))
+        for p in prompts:
+            g.add(Task(f"{s}/generate/{p}", "generate", s, p, deps=(f"{s}/train",), outputs=(f"work/{s}/{p}",)))
+            g.add(Task(f"{s}/inject/{p}", "inject", s, p, deps=(f"{s}/generate/{p}",), outputs=(f"{s}/{p}",)))
+    return g
+
+
+def outputs(out: Path) -> dict[str, dict]:
+    return {str(p.relative_to(out)): json.loads(p.read_text()) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.parts[len(out.parts)] not in ("attempts", "logs") and p.name != "manifest.json"}
+
+
+def test_graph_validation_and_ready_order():
+    g = plan(styles=("00",), prompts=("Cat",))
+    assert [t.key for t in g.ready(set())] == ["00/train"]
+    assert [t.key for t in g.ready({"00/train"})] == ["00/generate/Cat"]
+    assert g.ready({"00/train"}, running={"00/generate/Cat"}) == []
+    assert g.downstream("00/train") == {"00/generate/Cat", "00/inject/Cat"}
+    with pytest.raises(ConfigError, match="twice"):
+        g.add(Task("00/train", "train", "00"))
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        TaskGraph([Task("a", "x", "00", deps=("nope",))]).validate()
+    with pytest.raises(ConfigError, match="cycle"):
+        TaskGraph([Task("a", "x", "00", deps=("b",)), Task("b", "x", "00", deps=("a",))]).validate()
+
+
+def test_parse_workers():
+    assert parse_workers("cpu") == ["cpu:0"]
+    assert parse_workers("cpu:2") == ["cpu:0", "cpu:1"]
+    assert parse_workers("0,1,3") == ["cuda:0", "cuda:1", "cuda:3"]
+    for bad in ("gpu", "0,0", "cpu:0", ""):
+        with pytest.raises(ConfigError, match="--devices"):
+            parse_workers(bad)
+
+
+def test_two_workers_respect_dependencies_and_share_the_work(tmp_path):
+    g = plan()
+    report = run_graph(g, TOY, out_dir=tmp_path, config={"sleep": 0.3}, workers=["cpu:0", "cpu:1"], progress=False)
+    assert report.ok and len(report.done) == len(g) == 10
+    got = outputs(tmp_path)
+    by_key = {v["key"]: v for v in got.values()}
+    for task in g.tasks:
+        for dep in task.deps:
+            assert by_key[task.key]["start"] >= by_key[dep]["end"], (task.key, dep)
+    assert {v["worker"] for v in got.values()} == {"cpu:0", "cpu:1"}
+    assert len({v["pid"] for v in got.values()}) == 2 and os.getpid() not in {v["pid"] for v in got.values()}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert {r["status"] for r in manifest["tasks"].values()} == {"done"}
+    assert "python" in manifest["versions"] and manifest["config"] == {"sleep": 0.3}
+    assert (tmp_path / "logs" / "00.log").read_text().count("done 00/") == 5
+
+
+def test_dead_worker_task_is_requeued_and_a_failing_task_only_blocks_its_dependents(tmp_path):
+    g = plan()
+    cfg = {"crash_once": ["00/generate/Cat"], "always_fail": ["01/generate/Dog"]}
+    report = run_graph(g, TOY, out_dir=tmp_path, config=cfg, workers=["cpu:0", "cpu:1"], retries=1, progress=False)
+    assert set(report.failed) == {"01/generate/Dog"} and "fails on purpose" in report.failed["01/generate/Dog"]
+    assert report.not_run == ["01/inject/Dog"]
+    assert len(report.done) == 8 and "00/inject/Cat" in report.done
+    tasks = json.loads((tmp_path / "manifest.json").read_text())["tasks"]
+    assert tasks["00/generate/Cat"]["attempts"] == 2 and tasks["00/generate/Cat"]["status"] == "done"
+    assert tasks["01/generate/Dog"]["attempts"] == 2 and tasks["01/generate/Dog"]["status"] == "failed"
+    assert tasks["01/inject/Dog"]["status"] == "not run"
+
+
+def test_rerun_skips_done_and_redoes_changed_config_or_damaged_outputs(tmp_path):
+    g = plan(styles=("00",))
+    assert run_graph(g, TOY, out_dir=tmp_path, config={"a": 1}, workers=["cpu:0"], progress=False).ok
+    again = run_graph(g, TOY, out_dir=tmp_path, config={"a": 1}, workers=["cpu:0"], progress=False)
+    assert again.done == [] and len(again.already_done) == 5
+    (tmp_path / "00" / "Cat").write_text("{}")  # truncated / replaced output
+    (tmp_path / "work" / "00" / "Dog").unlink()  # missing output
+    fixed = run_graph(g, TOY, out_dir=tmp_path, config={"a": 1}, workers=["cpu:0"], progress=False)
+    assert fixed.done == ["00/generate/Dog", "00/inject/Cat"]
+    changed = run_graph(g, TOY, out_dir=tmp_path, config={"a": 2}, workers=["cpu:0"], progress=False)
+    assert len(changed.done) == 5 and changed.already_done == []
+
+
+DRIVER = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from test_jobs import plan
+from jstyle.jobs import run_graph
+if __name__ == "__main__":
+    report = run_graph(plan(), {toy!r}, out_dir={out!r}, config={{"sleep": 0.4}}, workers=["cpu:0", "cpu:1"],
+                       progress=False)
+    sys.exit(0 if report.ok else 1)
+"""
+
+
+def _driver(tmp_path: Path, out: Path) -> list[str]:
+    script = tmp_path / f"driver_{out.name}.py"
+    script.write_text(DRIVER.format(root=str(ROOT), tests=str(Path(__file__).parent), toy=TOY, out=str(out)))
+    return [sys.executable, str(script)]
+
+
+def _pids_alive(pids: set[int]) -> set[int]:
+    """Processes still running (zombies waiting for init to reap them count as gone)."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_same_tree(tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert subprocess.run(_driver(tmp_path, clean), timeout=120).returncode == 0
+    proc = subprocess.Popen(_driver(tmp_path, killed))
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((killed / "00").glob("*")) if (killed / "00").exists() else []) < 1:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = outputs(killed)
+    assert 0 < len(partial) < 10
+    workers = {v["pid"] for v in partial.values()}
+    for _ in range(50):
+        if not _pids_alive(workers):
+            break
+        time.sleep(0.1)
+    assert _pids_alive(workers) == set()  # workers noticed their parent died
+    assert subprocess.run(_driver(tmp_path, killed), timeout=120).returncode == 0
+    a, b = outputs(clean), outputs(killed)
+    assert sorted(a) == sorted(b) == sorted(t.outputs[0] for t in plan().tasks)
+    assert all(a[k]["key"] == b[k]["key"] for k in a)
+    assert not [p for p in killed.rglob("*.tmp")]
+    tasks = json.loads((killed / "manifest.json").read_text())["tasks"]
+    assert {r["status"] for r in tasks.values()} == {"done"}
