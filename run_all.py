@@ -1,36 +1,91 @@
-"""The whole job, thin wiring over jstyle (library logic lives in jstyle/).
+"""The whole job: per style, train its LoRA -> generate content per prompt -> inject the style ->
+<out>/<style>/<Prompt>.png (512x512 RGB), on one or many GPUs (or CPU workers), resumable.
 
-Today: `--demo` runs the tiny random model's components end to end on the embedded demo data
-(tokenizer -> text encoder -> UNet + DDIM with CFG -> VAE decode -> <out>/<style>/<Prompt>.png).
-The multi-GPU task graph, LoRA training and the style methods plug in here as they land.
+Thin wiring over jstyle.jobs (plan, stages, workers). `--demo` runs everything on a tiny random model
+with the demo data in demo/data on CPU, then scores with check.sh and packages the submission.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
+# --demo's settings: small enough for a 2-core CPU in minutes (any flag overrides them)
+DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=4, train_steps=8, styleid_steps=4,
+            sdedit_steps=4, guidance=7.5)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0])
-    p.add_argument("--demo", action="store_true", help="tiny random model on demo/data (CPU, minutes)")
-    p.add_argument("--data", type=Path, default=ROOT / "demo" / "data", help="dataset: <style>/images, prompt.json")
-    p.add_argument("--model", type=Path, help="diffusers Stable Diffusion folder (default with --demo: a tiny one)")
-    p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="results: <out>/<style>/<Prompt>.png")
-    p.add_argument("--styles", default="", help="comma list of styles (default: all in --data)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 25; demo 4)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--size", type=int, default=None, help="generation size in pixels (default 512; demo 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-check", action="store_true", help="with --demo: skip scoring with check.sh")
+    from jstyle.jobs.plan import METHODS, REFERENCE_RULES
+
+    p = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--demo", action="store_true", help="tiny random model on demo/data (CPU, minutes), then score")
+    p.add_argument("--config", type=Path, help="JSON file of settings (keys as the flags, e.g. \"train_steps\"); "
+                   "flags given on the command line override it")
+    p.add_argument("--data", type=Path, help="dataset: <style>/images/*, <style>/prompt.json (default demo/data)")
+    p.add_argument("--model", type=Path, help="diffusers Stable Diffusion folder (--demo: a tiny random one)")
+    p.add_argument("--out", type=Path, help="results folder (default outputs/demo, or outputs/<method>)")
+    p.add_argument("--method", choices=METHODS, help="default styleid_dreambooth")
+    p.add_argument("--styles", help="e.g. 00-14 or 00,03,07 (default: every style folder)")
+    p.add_argument("--devices", help="auto (every GPU, else CPU), cpu, cpu:N (N CPU workers) or GPU ids 0,1,2,3")
+    p.add_argument("--preset", help="LoRA recipe: baseline (the challenge's) or strong, multi_module, dreambooth")
+    p.add_argument("--backend", choices=("local", "ray"), help="local processes (default)")
+    p.add_argument("--address", help="ray cluster address (with --backend ray)")
+    p.add_argument("--size", type=int, help="generation size in pixels (outputs are saved 512x512; default 512)")
+    p.add_argument("--steps", type=int, help="text-to-image DDIM steps (default 25)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance (default 7.5)")
+    p.add_argument("--seed", type=int, help="seed of every stage (default 0)")
+    p.add_argument("--train-steps", type=int, help="LoRA steps (default: the preset's, 500 for baseline)")
+    p.add_argument("--strength", type=float, help="SDEdit strength (default 0.9)")
+    p.add_argument("--sdedit-steps", type=int, help="SDEdit steps (default 40)")
+    p.add_argument("--styleid-steps", type=int, help="StyleID DDIM steps (default 50)")
+    p.add_argument("--gamma", type=float, help="StyleID query preservation (default 0.75)")
+    p.add_argument("--temperature", type=float, help="StyleID attention temperature (default 1.5)")
+    p.add_argument("--reference", choices=REFERENCE_RULES, help="reference image for injection (default first)")
+    p.add_argument("--retries", type=int, help="retries of a failed task (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to <out>/logs)")
+    p.add_argument("--no-check", action="store_true", help="with --demo: skip scoring")
+    p.add_argument("--no-package", action="store_true", help="with --demo: skip writing submission.zip")
     return p.parse_args(argv)
+
+
+def expand_styles(spec: str | None) -> list[str]:
+    """'00-02,07' -> ['00', '01', '02', '07'] (ranges keep the zero padding of their start)."""
+    from jstyle.errors import ConfigError
+
+    styles: list[str] = []
+    for part in filter(None, (s.strip() for s in (spec or "").split(","))):
+        lo, sep, hi = part.partition("-")
+        if not sep:
+            styles.append(part)
+        elif lo.isdigit() and hi.isdigit() and int(lo) <= int(hi):
+            styles += [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
+        else:
+            raise ConfigError(f"--styles {part!r}: use names or ranges like 00-14")
+    return styles
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """Defaults < --demo's < --config file < flags given on the command line."""
+    from jstyle.errors import ConfigError
+
+    merged: dict = dict(DEMO) if args.demo else {}
+    if args.config:
+        try:
+            merged.update(json.loads(args.config.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{args.config}: not a readable JSON object of settings ({e})")
+    skip = {"demo", "config", "no_progress", "no_check", "no_package"}
+    merged.update({k: v for k, v in vars(args).items() if v is not None and k not in skip})
+    if args.no_progress:
+        merged["progress"] = False
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,59 +100,70 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-    from tqdm import tqdm
+    import importlib.util
+    import os
 
-    from jstyle import load_pipeline, write_tiny_pipeline
     from jstyle.data import list_styles, read_prompts
-    from jstyle.device import use_device
-    from jstyle.images import save_png
+    from jstyle.errors import ConfigError
+    from jstyle.jobs import parse_workers, run_graph
+    from jstyle.jobs.plan import RunConfig, build_graph
 
-    device = use_device(args.device)
-    steps = args.steps or (4 if args.demo else 25)
-    size = args.size or (64 if args.demo else 512)
-    model = args.model
-    if model is None:
+    s = settings(args)
+    s["data"] = str(Path(s.get("data") or ROOT / "demo" / "data"))
+    s["out"] = str(Path(s.get("out") or ("outputs/demo" if args.demo else f"outputs/{s.get('method', 'run')}")))
+    if not s.get("model"):
         if not args.demo:
-            raise SystemExit("error: --model DIR is required (or use --demo)")
+            raise ConfigError("--model DIR is required (a diffusers Stable Diffusion folder), or use --demo")
+        from jstyle.tiny import write_tiny_pipeline
+
         home = Path(os.environ.get("JSTYLE_HOME", Path.home() / ".cache" / "jstyle"))
-        model = home / "models" / f"tiny-sd2-seed{args.seed}"
+        model = home / "models" / "tiny-sd2-seed0"
         if not (model / "model_index.json").exists():
-            write_tiny_pipeline(model, kind="sd2", seed=args.seed)
-    pipe = load_pipeline(model, dtype="float16" if device == "cuda" else "float32")
-    styles = list_styles(args.data, [s for s in args.styles.split(",") if s])
-    jobs = [(s, p) for s in styles for p in read_prompts(args.data / s)]
-    started = time.time()
-    done = 0
-    for style, prompt in tqdm(jobs, desc="generating", unit="img"):
-        target = args.out / style / f"{prompt}.png"
-        if target.exists():
-            continue
-        rng = np.random.default_rng(args.seed)
-        image = pipe.text_to_image(f"{prompt} in style_{style}", num_inference_steps=steps,
-                                   guidance_scale=args.guidance, height=size, width=size, generator=rng)[0]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_png(np.asarray(Image.fromarray(image).resize((512, 512), Image.BICUBIC)), target)
-        done += 1
-    manifest = {"model": str(model), "device": device, "steps": steps, "size": size, "seed": args.seed,
-                "generated": done, "total": len(jobs), "seconds": round(time.time() - started, 1)}
-    (args.out / "run.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"{len(jobs)} images under {args.out} ({done} new, {time.time() - started:.0f} s)")
-    if args.demo and not args.no_check:
-        return score_demo(args)
+            write_tiny_pipeline(model, kind="sd2", seed=0)
+        s["model"] = str(model)
+    s["model"] = str(s["model"])
+    data, out = Path(s["data"]), Path(s["out"])
+    wanted = s.pop("styles", None)  # a flag's "00-14" or a config file's list
+    styles = list_styles(data, expand_styles(wanted if wanted is None or isinstance(wanted, str) else ",".join(wanted)))
+    cfg = RunConfig.from_dict({**s, "styles": tuple(styles)})
+    if cfg.method == "diffstyle" and importlib.util.find_spec("jstyle.methods.diffstyle") is None:
+        raise ConfigError("--method diffstyle is not available in this version of jstyle")
+    if cfg.backend == "ray":
+        raise ConfigError("--backend ray is not available in this version; use --backend local")
+    if not Path(cfg.model).is_dir():
+        raise ConfigError(f"--model {cfg.model}: folder not found")
+    graph = build_graph(cfg, {st: read_prompts(data / st) for st in styles})
+    workers = parse_workers(cfg.devices)
+    print(f"{cfg.method}: {len(styles)} styles, {len(graph)} tasks on {', '.join(workers)} -> {out} "
+          f"(logs in {out / 'logs'})", flush=True)
+    report = run_graph(graph, "jstyle.jobs.stages:execute", out_dir=out, config=cfg.to_dict(),
+                       manifest_config=cfg.hashed(), workers=workers, retries=cfg.retries, progress=cfg.progress)
+    print(f"{len(report.done)} tasks done, {len(report.already_done)} already done, {len(report.failed)} failed, "
+          f"{len(report.not_run)} not run ({report.seconds:.0f} s); manifest: {out / 'manifest.json'}")
+    for key, error in report.failed.items():
+        print(f"failed: {key}: {error} (see {out / 'logs'})", file=sys.stderr)
+    if not report.ok:
+        return 1
+    if args.demo and not args.no_check and score(cfg, styles) != 0:
+        return 1
+    if args.demo and not args.no_package:
+        return package(cfg, styles)
     return 0
 
 
-def score_demo(args: argparse.Namespace) -> int:
-    """Score the demo with check.sh in the checker env (random-weight backbones: labelled meaningless)."""
-    import subprocess
-
-    cmd = ["bash", str(ROOT / "check.sh"), "--submission", str(args.out), "--data", str(args.data),
-           "--random-weights", "--out", str(args.out / "result.json"), "--report", str(args.out / "report.html")]
-    if args.styles:
-        cmd += ["--styles", args.styles]
+def score(cfg, styles: list[str]) -> int:
+    """Score with check.sh in the checker env (demo: random-weight backbones, labelled meaningless)."""
+    out = Path(cfg.out)
+    cmd = ["bash", str(ROOT / "check.sh"), "--submission", str(out), "--data", cfg.data, "--random-weights",
+           "--out", str(out / "result.json"), "--report", str(out / "report.html"), "--styles", ",".join(styles)]
     print("scoring: " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd).returncode
+
+
+def package(cfg, styles: list[str]) -> int:
+    cmd = [sys.executable, str(ROOT / "scripts" / "package_submission.py"), cfg.out, "--data", cfg.data,
+           "--styles", ",".join(styles), "--zip", str(Path(cfg.out) / "submission.zip")]
+    print("packaging: " + " ".join(cmd), flush=True)
     return subprocess.run(cmd).returncode
 
 

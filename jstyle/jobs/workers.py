@@ -233,13 +233,16 @@ class _Status:
 
 
 def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str, Any], workers: list[str],
-              retries: int = 1, progress: bool = True) -> RunReport:
+              retries: int = 1, progress: bool = True, manifest_config: dict[str, Any] | None = None) -> RunReport:
     """Run every task not already finished (per <out_dir>/manifest.json) on `workers`; `execute` is a
-    'module:function' called as function(task, ctx) -> dict of JSON info kept in the manifest."""
+    'module:function' called as function(task, ctx) -> dict of JSON info kept in the manifest.
+
+    The manifest records and hashes `manifest_config` (default: `config`): the settings that decide
+    the outputs; a rerun with a different hash redoes every task."""
     graph.validate()
     out_dir = Path(out_dir)
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(out_dir / "manifest.json", config)
+    manifest = Manifest(out_dir / "manifest.json", config if manifest_config is None else manifest_config)
     started = time.perf_counter()
     done = {t.key for t in graph.tasks if manifest.is_done(t)}
     already = sorted(done)

@@ -1,31 +1,92 @@
-"""run_all.py --demo: the whole path on the tiny model, outputs in the submission layout, rerun skips."""
+"""run_all.py: the plan per method, the whole flow on two CPU workers at tiny size, resume, errors."""
 
 import json
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import run_all  # noqa: E402
+from jstyle.errors import ConfigError  # noqa: E402
+from jstyle.jobs.plan import RunConfig, build_graph  # noqa: E402
+
+DATA = run_all.ROOT / "demo" / "data"
+PROMPTS = list(json.loads((DATA / "00" / "prompt.json").read_text()).values())
+TINY = ["--demo", "--styles", "00", "--size", "16", "--steps", "1", "--train-steps", "2", "--styleid-steps", "2",
+        "--sdedit-steps", "2", "--no-check", "--no-package", "--no-progress"]
 
 
-def test_demo_writes_submission_layout_and_resumes(tmp_path):
-    args = ["--demo", "--out", str(tmp_path), "--styles", "00", "--steps", "1", "--size", "16", "--device", "cpu",
-            "--no-check"]
-    assert run_all.main(args) == 0
-    prompts = json.loads((run_all.ROOT / "demo" / "data" / "00" / "prompt.json").read_text()).values()
-    files = sorted(p.name for p in (tmp_path / "00").iterdir())
-    assert files == sorted(f"{p}.png" for p in prompts)
-    img = Image.open(tmp_path / "00" / files[0])
-    assert img.size == (512, 512) and img.mode == "RGB"
-    before = {f: (tmp_path / "00" / f).stat().st_mtime_ns for f in files}
-    assert run_all.main(args) == 0
-    assert json.loads((tmp_path / "run.json").read_text())["generated"] == 0
-    assert before == {f: (tmp_path / "00" / f).stat().st_mtime_ns for f in files}
+@pytest.mark.parametrize("method, stages, deps", [
+    ("dreambooth", ["train", "generate"], {"generate": "train"}),
+    ("sdedit", ["train", "inject"], {"inject": "train"}),
+    ("styleid", ["generate", "inject"], {"generate": None, "inject": "generate"}),
+    ("styleid_dreambooth", ["train", "generate", "inject"], {"generate": "train", "inject": "generate"}),
+    ("diffstyle", ["generate", "inject"], {"generate": None, "inject": "generate"}),
+])
+def test_plan_per_method(method, stages, deps):
+    cfg = RunConfig(data="d", model="m", out="o", method=method)
+    graph = build_graph(cfg, {"00": ["Cat", "Dog"], "01": ["Owl"]})
+    assert sorted({t.stage for t in graph.tasks}) == sorted(stages)
+    assert len(graph) == ("train" in stages) * 2 + (len(stages) - ("train" in stages)) * 3
+    for task in graph.tasks:
+        want = deps.get(task.stage)
+        if want is None:
+            assert task.deps == ()
+        else:
+            dep = graph[task.deps[0]]
+            assert len(task.deps) == 1 and dep.stage == want and dep.style == task.style
+            assert dep.prompt in (None, task.prompt)
+    finals = sorted(o for t in graph.tasks for o in t.outputs if not o.startswith("work/"))
+    assert finals == ["00/Cat.png", "00/Dog.png", "01/Owl.png"]
 
 
-def test_bad_style_is_one_line_error(tmp_path, capsys):
-    assert run_all.main(["--demo", "--out", str(tmp_path), "--styles", "99", "--device", "cpu", "--no-check"]) == 2
+def test_config_hash_ignores_runtime_knobs_and_prompts_follow_the_preset():
+    a = RunConfig(data="d", model="m", out="o1", devices="cpu:2")
+    assert a.hashed() == RunConfig(data="d", model="m", out="o2", devices="0,1").hashed()
+    assert a.hashed() != RunConfig(data="d", model="m", out="o1", seed=1).hashed()
+    assert a.prompt("03", "Cat") == "Cat in style_03"
+    assert RunConfig(data="d", model="m", out="o", preset="strong").prompt("03", "Cat") == "an image of Cat in style_03"
+    assert RunConfig(data="d", model="m", out="o", method="styleid").prompt("03", "Cat") == "Cat"
+    assert run_all.expand_styles("00-02,07") == ["00", "01", "02", "07"]
+    with pytest.raises(ConfigError):
+        run_all.expand_styles("03-01")
+
+
+def test_two_cpu_workers_run_the_demo_plan_and_a_rerun_skips_everything(tmp_path):
+    assert run_all.main([*TINY, "--out", str(tmp_path), "--devices", "cpu:2"]) == 0
+    finals = sorted(p.name for p in (tmp_path / "00").iterdir())
+    assert finals == sorted(f"{p}.png" for p in PROMPTS)
+    for name in finals:
+        with Image.open(tmp_path / "00" / name) as im:
+            assert im.size == (512, 512) and im.mode == "RGB"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    tasks = manifest["tasks"]
+    assert len(tasks) == 1 + 2 * len(PROMPTS) and {t["status"] for t in tasks.values()} == {"done"}
+    assert {t["worker"] for t in tasks.values()} == {"cpu:0", "cpu:1"}  # both workers took tasks
+    assert (tmp_path / "work" / "00" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.png")}
+    assert run_all.main([*TINY, "--out", str(tmp_path), "--devices", "cpu"]) == 0
+    assert json.loads((tmp_path / "manifest.json").read_text())["summary"]["already_done"] == len(tasks)
+    assert before == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.png")}
+
+
+def test_sdedit_and_dreambooth_methods_write_the_layout(tmp_path):
+    for method in ("sdedit", "dreambooth"):
+        out = tmp_path / method
+        assert run_all.main([*TINY, "--out", str(out), "--method", method, "--devices", "cpu"]) == 0
+        assert sorted(p.name for p in (out / "00").iterdir()) == sorted(f"{p}.png" for p in PROMPTS)
+        assert not (out / "work" / "00" / "content").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--styles", "99"], ["99"]),
+    (["--devices", "gpu"], ["--devices", "gpu"]),
+    (["--size", "20"], ["--size", "multiple of 8"]),
+    (["--backend", "ray"], ["ray"]),
+])
+def test_bad_input_is_one_line_error(tmp_path, capsys, flags, words):
+    assert run_all.main([*TINY, "--out", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "99" in err and "\n" not in err
+    assert err.startswith("error:") and "\n" not in err and all(w in err for w in words)
