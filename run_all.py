@@ -44,9 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, help="LoRA steps (default: the preset's, 500 for baseline)")
     p.add_argument("--strength", type=float, help="SDEdit strength (default 0.9)")
     p.add_argument("--sdedit-steps", type=int, help="SDEdit steps (default 40)")
-    p.add_argument("--styleid-steps", type=int, help="StyleID DDIM steps (default 50)")
+    p.add_argument("--styleid-steps", type=int, help="StyleID / DiffStyle DDIM steps (default 50)")
     p.add_argument("--gamma", type=float, help="StyleID query preservation (default 0.75)")
     p.add_argument("--temperature", type=float, help="StyleID attention temperature (default 1.5)")
+    p.add_argument("--diffstyle-gamma", type=float, help="DiffStyle content injection ratio (default 0.3)")
     p.add_argument("--reference", choices=REFERENCE_RULES, help="reference image for injection (default first)")
     p.add_argument("--retries", type=int, help="retries of a failed task (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to <out>/logs)")
@@ -100,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import importlib.util
     import os
 
     from jstyle.data import list_styles, read_prompts
@@ -126,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
     wanted = s.pop("styles", None)  # a flag's "00-14" or a config file's list
     styles = list_styles(data, expand_styles(wanted if wanted is None or isinstance(wanted, str) else ",".join(wanted)))
     cfg = RunConfig.from_dict({**s, "styles": tuple(styles)})
-    if cfg.method == "diffstyle" and importlib.util.find_spec("jstyle.methods.diffstyle") is None:
-        raise ConfigError("--method diffstyle is not available in this version of jstyle")
     if cfg.backend == "ray":
         raise ConfigError("--backend ray is not available in this version; use --backend local")
     if not Path(cfg.model).is_dir():

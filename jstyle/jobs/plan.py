@@ -51,9 +51,10 @@ class RunConfig:
     train_size: int | None = None  # None = size
     strength: float = 0.9  # SDEdit
     sdedit_steps: int = 40
-    styleid_steps: int = 50
+    styleid_steps: int = 50  # StyleID and DiffStyle DDIM steps (the noisiest, t = 981, is skipped)
     gamma: float = 0.75  # StyleID query preservation
     temperature: float = 1.5  # StyleID attention temperature
+    diffstyle_gamma: float = 0.3  # DiffStyle content injection ratio
     reference: str = "first"  # which reference image the injection uses: first | nearest
     devices: str = "auto"
     backend: str = "local"
@@ -73,8 +74,8 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.size % 8 or (self.train_size or 8) % 8:
             raise ConfigError(f"--size must be a multiple of 8, got {self.size}")
-        if not 0.0 <= self.gamma <= 1.0 or not 0.0 < self.strength <= 1.0:
-            raise ConfigError("--gamma must be in [0, 1] and --strength in (0, 1]")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.diffstyle_gamma <= 1.0 and 0.0 < self.strength <= 1.0):
+            raise ConfigError("--gamma and --diffstyle-gamma must be in [0, 1], --strength in (0, 1]")
         if self.guidance < 0 or self.retries < 0:
             raise ConfigError("--guidance and --retries must be >= 0")
         object.__setattr__(self, "styles", tuple(self.styles))

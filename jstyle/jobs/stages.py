@@ -121,11 +121,12 @@ def inject(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, An
             ctx.cache[key] = invert_style(pipe, load_image(ref, cfg.size), scfg)
         image = stylize(pipe, content[None], ctx.cache[key], scfg)[0]
     elif cfg.method == "diffstyle":
-        try:
-            from ..methods.diffstyle import DiffStyleConfig, diffstyle
-        except ImportError:
-            raise ConfigError("method diffstyle is not available in this version of jstyle")
-        image = diffstyle(pipe, content[None], load_image(ref, cfg.size), DiffStyleConfig())[0]
+        from ..methods.diffstyle import DiffStyleConfig, diffstyle
+
+        # t_boost 0: no quality boosting, as the paper advises for artistic references
+        dcfg = DiffStyleConfig(gamma=cfg.diffstyle_gamma, t_boost=0, steps=cfg.styleid_steps,
+                               start_step=max(1, cfg.styleid_steps - 1), seed=cfg.seed)
+        image = diffstyle(pipe, content[None], load_image(ref, cfg.size), dcfg)[0]
     else:
         raise ConfigError(f"method {cfg.method} has no inject stage")
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)

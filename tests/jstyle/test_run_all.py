@@ -72,12 +72,13 @@ def test_two_cpu_workers_run_the_demo_plan_and_a_rerun_skips_everything(tmp_path
     assert before == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.png")}
 
 
-def test_sdedit_and_dreambooth_methods_write_the_layout(tmp_path):
-    for method in ("sdedit", "dreambooth"):
+def test_every_other_method_writes_the_layout(tmp_path):
+    for method in ("sdedit", "dreambooth", "styleid", "diffstyle"):
         out = tmp_path / method
         assert run_all.main([*TINY, "--out", str(out), "--method", method, "--devices", "cpu"]) == 0
         assert sorted(p.name for p in (out / "00").iterdir()) == sorted(f"{p}.png" for p in PROMPTS)
-        assert not (out / "work" / "00" / "content").exists()
+        assert (out / "work" / "00" / "content").exists() == (method in ("styleid", "diffstyle"))
+        assert (out / "work" / "00" / "lora").exists() == (method in ("sdedit", "dreambooth"))
 
 
 @pytest.mark.parametrize("flags, words", [
