@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VAE latent of the init: a posterior sample (diffusers' default) or its mode")
     p.add_argument("--lora", type=Path, help="LoRA .safetensors file (diffusers/PEFT/kohya layout)")
     p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--ip-adapter", type=Path, help="IP-Adapter .safetensors (public ip-adapter_sd15 layout)")
+    p.add_argument("--image-encoder", type=Path, help="its CLIPVisionModelWithProjection folder")
+    p.add_argument("--ip-image", type=Path, help="image prompt (default: the first style image, or --init)")
+    p.add_argument("--ip-scale", type=float, default=0.6, help="weight of the image prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=512, help="init image side (shorter side resized, centre crop)")
     p.add_argument("--device", default="auto", choices=list(DEVICES))
@@ -248,6 +252,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--model {args.model}: folder not found")
     if args.lora is not None and not args.lora.is_file():
         raise InputError(f"--lora {args.lora}: file not found")
+    if args.ip_adapter is not None and (args.image_encoder is None or not args.image_encoder.is_dir()):
+        raise InputError("--ip-adapter needs --image-encoder DIR (a CLIPVisionModelWithProjection folder)")
+    for flag in ("ip_adapter", "ip_image"):
+        if getattr(args, flag) is not None and not getattr(args, flag).is_file():
+            raise InputError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: file not found")
 
 
 def _style_images(folder: Path) -> list[Path]:
@@ -282,6 +291,12 @@ def run(args: argparse.Namespace) -> int:
         from ..lora import apply_lora
 
         apply_lora(pipe, args.lora, scale=args.lora_scale)
+    if args.ip_adapter is not None:
+        from .ip_adapter import load_ip_adapter
+
+        adapter = load_ip_adapter(pipe, args.ip_adapter, args.image_encoder, scale=args.ip_scale)
+        source = args.ip_image or args.init or _style_images(args.style_dir)[0]
+        adapter.set_image(read_rgb(source))
     args.out.mkdir(parents=True, exist_ok=True)
     for prompt in tqdm(todo, desc="sdedit", unit="img"):
         image = img2img(pipe, init, [prompt], strength=args.strength, num_inference_steps=args.steps,

@@ -20,6 +20,10 @@ __all__ = ["Attention", "AttnProcessor", "AttentionHooksMixin"]
 class AttnProcessor:
     """Default processor: multi-head scaled dot-product attention (diffusers' AttnProcessor)."""
 
+    def attend(self, attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> jt.Var:
+        """[B, heads, N, d] attention of the layer's heads; subclasses add terms here (IP-Adapter)."""
+        return attn.attend(query, key, value, mask)
+
     def __call__(
         self,
         attn: Attention,
@@ -41,7 +45,7 @@ class AttnProcessor:
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
-        out = attn.attend(query, key, value, attention_mask)
+        out = self.attend(attn, query, key, value, attention_mask)
         out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(out)))
 
         if is_image:

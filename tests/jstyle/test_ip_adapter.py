@@ -1,0 +1,102 @@
+"""IP-Adapter on the tiny sd1 model: parity with diffusers' IP-Adapter (image encoder, UNet with image
+tokens, a 3-step pipeline), scale 0 = the plain pipeline, strict key loading. References:
+tests/reference/ip_adapter_ref.py in the checker env."""
+
+import hashlib
+from pathlib import Path
+
+import jittor as jt
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from jstyle import load_pipeline
+from jstyle.errors import WeightsError
+from jstyle.loading import load_model
+from jstyle.methods.ip_adapter import load_ip_adapter
+from jstyle.models.clip_vision import CLIPVisionModelWithProjection, clip_preprocess
+
+from .conftest import cache_dir, run_reference
+
+REF = Path(__file__).resolve().parents[1] / "reference" / "ip_adapter_ref.py"
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_ref, tmp_path_factory) -> tuple[Path, dict]:
+    folder = cache_dir(tmp_path_factory, f"ipadapter-{hashlib.sha256(REF.read_bytes()).hexdigest()[:12]}")
+    if not (folder / "DONE").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        run_reference(REF, str(tiny_ref / "sd1"), str(folder))
+    with np.load(folder / "refs.npz") as f:
+        return folder, dict(f)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_ref):
+    return load_pipeline(tiny_ref / "sd1")
+
+
+def test_preprocessing_and_image_encoder_match_transformers(ref):
+    folder, r = ref
+    pixels = clip_preprocess(r["image"], 32)
+    np.testing.assert_allclose(pixels, r["pixels"], atol=1e-5)  # CLIPImageProcessorPil
+    # diffusers' default processor resizes with torchvision instead of PIL: not the same pixels
+    assert np.abs(pixels - r["pixels_torchvision"]).max() > 0
+    encoder = load_model(CLIPVisionModelWithProjection, folder / "image_encoder")
+    embeds, states = encoder(r["pixels"])
+    np.testing.assert_allclose(embeds.numpy(), r["image_embeds"], atol=1e-5)
+    assert len(states) == 3  # embeddings + 2 layers
+
+
+def test_unet_with_image_tokens_and_pipeline_match_diffusers(ref, pipe):
+    folder, r = ref
+    adapter = load_ip_adapter(pipe, folder / "ip_adapter.safetensors", folder / "image_encoder", scale=0.7)
+    try:
+        assert adapter.num_tensors == len(load_file(folder / "ip_adapter.safetensors"))  # every key loaded
+        adapter.set_image(r["image"])
+        lat = jt.array(r["latents"])
+        with jt.no_grad():
+            out = pipe.unet(jt.concat([lat, lat]), 500, pipe.encode_prompt(["", "a cat"]))
+        np.testing.assert_allclose(out.numpy(), r["unet_out"], atol=1e-4)
+        with_ip = pipe.text_to_image("a cat", num_inference_steps=3, height=16, width=16, latents=lat)
+        assert np.abs(with_ip.astype(int) - r["pipe_images"].astype(int)).mean() <= 1.0  # 1/255 mean
+        adapter.scale = 0.0
+        zero = pipe.text_to_image("a cat", num_inference_steps=3, height=16, width=16, latents=lat)
+    finally:
+        adapter.unload()
+    base = pipe.text_to_image("a cat", num_inference_steps=3, height=16, width=16, latents=lat)
+    assert np.array_equal(zero, base)  # scale 0 is the plain pipeline, bit for bit
+    assert np.abs(with_ip.astype(int) - base.astype(int)).mean() > 1.0  # and the image prompt matters
+
+
+def test_missing_or_extra_keys_are_one_line_errors(ref, pipe, tmp_path):
+    folder, _ = ref
+    state = load_file(folder / "ip_adapter.safetensors")
+    for name, bad in (("missing", {k: v for k, v in state.items() if k != "ip_adapter.3.to_v_ip.weight"}),
+                      ("unexpected", {**state, "ip_adapter.99.to_k_ip.weight": state["ip_adapter.1.to_k_ip.weight"]})):
+        save_file(bad, tmp_path / "bad.safetensors")
+        with pytest.raises(WeightsError, match=name) as e:
+            load_ip_adapter(pipe, tmp_path / "bad.safetensors", folder / "image_encoder")
+        assert "\n" not in str(e.value)
+    before = pipe.unet.attn_processors
+    with pytest.raises(WeightsError, match="safetensors"):
+        load_ip_adapter(pipe, tmp_path / "ip.bin", folder / "image_encoder")
+    assert pipe.unet.attn_processors == before  # a failed load changes nothing
+
+
+def test_sdedit_cli_takes_an_image_prompt(ref, tiny_ref, tmp_path):
+    from PIL import Image
+
+    from jstyle.methods import sdedit
+
+    folder, r = ref
+    Image.fromarray(r["image"]).save(tmp_path / "init.png")
+    base = ["--model", str(tiny_ref / "sd1"), "--init", str(tmp_path / "init.png"), "--prompt", "a cat", "--size", "16",
+            "--steps", "2", "--strength", "1.0", "--device", "cpu"]
+    ip = ["--ip-adapter", str(folder / "ip_adapter.safetensors"), "--image-encoder", str(folder / "image_encoder"),
+          "--ip-scale", "1.0"]
+    assert sdedit.main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert sdedit.main([*base, *ip, "--out", str(tmp_path / "ip")]) == 0
+    a, b = (np.asarray(Image.open(next((tmp_path / d).glob("*.png")))).astype(int) for d in ("plain", "ip"))
+    assert np.abs(a - b).mean() > 1.0
+    assert sdedit.main([*base, "--ip-adapter", str(folder / "ip_adapter.safetensors"), "--out", str(tmp_path)]) == 2
