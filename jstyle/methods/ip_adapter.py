@@ -8,10 +8,11 @@ does) from a local safetensors file, and the image encoder from a transformers
 `CLIPVisionModelWithProjection` folder. With classifier-free guidance the unconditional half sees
 the tokens of a zero image embedding, as in diffusers.
 
-    adapter = load_ip_adapter(pipe, "ip-adapter_sd15.safetensors", "image_encoder/", scale=0.6)
-    adapter.set_image(style_image)           # uint8 [H, W, 3]
-    pipe.text_to_image("a dolphin")          # or jstyle.methods.sdedit.img2img(...)
-    adapter.unload()
+    load_ip_adapter(pipe, "ip-adapter_sd15.safetensors", "image_encoder/", scale=0.6)
+    set_ip_adapter_image(pipe, style_image)  # uint8 [H, W, 3], or image_embeds=ip_adapter_embeds(pipe, ...)
+    pipe.text_to_image("a dolphin")          # or sdedit.img2img(..., ip_adapter_image=style_image)
+    set_ip_adapter_scale(pipe, 0.3)
+    unload_ip_adapter(pipe)                  # the previous processors are back
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from jittor import nn
 from ..errors import InputError, WeightsError
 from ..models.attention import Attention, AttnProcessor
 
-__all__ = ["ImageProjection", "IPAdapterAttnProcessor", "IPAdapter", "load_ip_adapter"]
+__all__ = ["ImageProjModel", "IPAttnProcessor", "IPAdapter", "load_ip_adapter", "get_ip_adapter",
+           "ip_adapter_embeds", "set_ip_adapter_image", "set_ip_adapter_scale", "unload_ip_adapter"]
 
 
-class ImageProjection(nn.Module):
+class ImageProjModel(nn.Module):
     """image_embeds [B, D_clip] -> tokens [B, num_tokens, cross_attention_dim] (Linear, reshape, LayerNorm)."""
 
     def __init__(self, clip_dim: int, cross_attention_dim: int, num_tokens: int):
@@ -41,7 +43,7 @@ class ImageProjection(nn.Module):
         return self.norm(self.proj(image_embeds).reshape(image_embeds.shape[0], self.num_tokens, -1))
 
 
-class IPAdapterAttnProcessor(AttnProcessor):
+class IPAttnProcessor(AttnProcessor):
     """Cross-attention plus scale * attention over the adapter's image tokens (same queries)."""
 
     def __init__(self, adapter: IPAdapter, to_k_ip: nn.Linear, to_v_ip: nn.Linear):
@@ -60,7 +62,7 @@ class IPAdapterAttnProcessor(AttnProcessor):
 class IPAdapter:
     """A loaded IP-Adapter: its image encoder, projection and processors; `set_image`, `scale`, `unload`."""
 
-    def __init__(self, pipe, image_encoder, image_proj: ImageProjection, saved: dict, scale: float):
+    def __init__(self, pipe, image_encoder, image_proj: ImageProjModel, saved: dict, scale: float):
         self.pipe, self.image_encoder, self.image_proj = pipe, image_encoder, image_proj
         self._saved = saved
         self.scale = float(scale)
@@ -99,9 +101,17 @@ class IPAdapter:
                               self._cond.broadcast((half, *self._cond.shape[1:]))])
         raise InputError(f"IP-Adapter has {k} image(s) for a UNet batch of {batch}; give one image, or one per prompt")
 
+    def set_scale(self, scale: float) -> None:
+        """Weight of the image attention in every cross-attention (0: the plain pipeline)."""
+        self.scale = float(scale)
+
     def unload(self) -> None:
-        """Put the pipeline's previous attention processors back."""
-        self.pipe.unet.set_attn_processor(self._saved)
+        """Put back the processors this adapter replaced (others set since then stay)."""
+        procs = self.pipe.unet.attn_processors
+        for name, proc in procs.items():
+            if isinstance(proc, IPAttnProcessor) and proc.adapter is self:
+                procs[name] = self._saved[name]
+        self.pipe.unet.set_attn_processor(procs)
         self._cond = self._uncond = None
 
 
@@ -113,8 +123,9 @@ def _linear(weight: np.ndarray, bias: np.ndarray | None = None) -> nn.Linear:
     return layer
 
 
-def load_ip_adapter(pipe, weights_file: str | Path, image_encoder: str | Path, scale: float = 1.0) -> IPAdapter:
-    """Install an IP-Adapter (public `ip-adapter_sd15` layout, safetensors) on `pipe.unet`'s cross-attentions."""
+def load_ip_adapter(pipe, weights_file: str | Path, image_encoder_dir: str | Path, scale: float = 1.0) -> IPAdapter:
+    """Install an IP-Adapter (public `ip-adapter_sd15` layout, safetensors) on `pipe.unet`'s cross-attentions;
+    one already loaded is unloaded first. Any missing or unexpected key is a WeightsError."""
     from ..loading import load_model, load_safetensors
     from ..models.clip_vision import CLIPVisionModelWithProjection
 
@@ -128,6 +139,9 @@ def load_ip_adapter(pipe, weights_file: str | Path, image_encoder: str | Path, s
     cross = [i for i, n in enumerate(names) if n.endswith("attn2.processor")]
     proj_keys = {f"image_proj.{k}" for k in ("proj.weight", "proj.bias", "norm.weight", "norm.bias")}
     ip_keys = {f"ip_adapter.{2 * j + 1}.to_{kv}_ip.weight" for j in range(len(cross)) for kv in "kv"}
+    if any(k.startswith("image_proj.latents") or k.startswith("image_proj.proj_in") for k in state):
+        raise WeightsError(f"{path}: an IP-Adapter Plus (Resampler) file; only the plain ip-adapter_sd15 "
+                           "layout (image_proj.proj/norm) is supported")
     missing, extra = sorted((proj_keys | ip_keys) - set(state)), sorted(set(state) - proj_keys - ip_keys)
     if missing or extra:
         raise WeightsError(f"{path}: not an IP-Adapter for this UNet ({len(cross)} cross-attentions): "
@@ -138,27 +152,65 @@ def load_ip_adapter(pipe, weights_file: str | Path, image_encoder: str | Path, s
     w = state["image_proj.proj.weight"]
     if w.shape[0] % cross_dim or state["image_proj.norm.weight"].shape != (cross_dim,):
         raise WeightsError(f"{path}: image projection of shape {w.shape} does not fit cross_attention_dim {cross_dim}")
-    encoder = load_model(CLIPVisionModelWithProjection, image_encoder)
+    encoder = load_model(CLIPVisionModelWithProjection, image_encoder_dir)
     if encoder.visual_projection.weight.shape[0] != w.shape[1]:
-        raise WeightsError(f"{image_encoder}: image embeddings of size {encoder.visual_projection.weight.shape[0]} "
+        raise WeightsError(f"{image_encoder_dir}: image embeddings of size {encoder.visual_projection.weight.shape[0]} "
                            f"do not fit {path} (expects {w.shape[1]})")
-    proj = ImageProjection(w.shape[1], cross_dim, w.shape[0] // cross_dim)
+    proj = ImageProjModel(w.shape[1], cross_dim, w.shape[0] // cross_dim)
     proj.proj.weight.assign(jt.array(w.astype(np.float32)))
     proj.proj.bias.assign(jt.array(state["image_proj.proj.bias"].astype(np.float32)))
     proj.norm.weight.assign(jt.array(state["image_proj.norm.weight"].astype(np.float32)))
     proj.norm.bias.assign(jt.array(state["image_proj.norm.bias"].astype(np.float32)))
-    saved = unet.attn_processors
-    adapter = IPAdapter(pipe, encoder, proj, saved, scale)
     modules = {n: m for n, m in unet.named_modules() if isinstance(m, Attention)}
-    procs = dict(saved)
+    kv_layers = {}
     for j, i in enumerate(cross):
-        name = names[i]
-        attn = modules[name[: -len(".processor")]]
+        attn = modules[names[i][: -len(".processor")]]
         k, v = state[f"ip_adapter.{2 * j + 1}.to_k_ip.weight"], state[f"ip_adapter.{2 * j + 1}.to_v_ip.weight"]
         inner = attn.to_k.weight.shape[0]
         if k.shape != (inner, cross_dim) or v.shape != (inner, cross_dim):
             raise WeightsError(f"{path}: ip_adapter.{2 * j + 1} has shape {k.shape}, expected {(inner, cross_dim)}")
-        procs[name] = IPAdapterAttnProcessor(adapter, _linear(k), _linear(v))
-    unet.set_attn_processor(procs)
+        kv_layers[names[i]] = (_linear(k), _linear(v))
+    unload_ip_adapter(pipe)  # only now: a failed load changes nothing
+    saved = unet.attn_processors
+    adapter = IPAdapter(pipe, encoder, proj, saved, scale)
+    unet.set_attn_processor({**saved, **{n: IPAttnProcessor(adapter, k, v) for n, (k, v) in kv_layers.items()}})
     adapter.num_tensors = len(proj_keys) + len(ip_keys)
     return adapter
+
+
+def get_ip_adapter(pipe) -> IPAdapter | None:
+    """The IP-Adapter installed on `pipe.unet` (found through its processors), or None."""
+    for proc in pipe.unet.attn_processors.values():
+        if isinstance(proc, IPAttnProcessor):
+            return proc.adapter
+    return None
+
+
+def _require(pipe) -> IPAdapter:
+    adapter = get_ip_adapter(pipe)
+    if adapter is None:
+        raise InputError("no IP-Adapter is loaded; load one with load_ip_adapter (CLI: --ip-adapter FILE "
+                         "--image-encoder DIR)")
+    return adapter
+
+
+def ip_adapter_embeds(pipe, images: np.ndarray) -> jt.Var:
+    """CLIP image embeddings [B, D] of uint8 images [B, H, W, 3] with the loaded adapter's image encoder."""
+    return _require(pipe).image_embeds(images)
+
+
+def set_ip_adapter_image(pipe, images: np.ndarray | None = None, image_embeds: jt.Var | None = None) -> None:
+    """Image prompt for the following sampling calls (uint8 images or their `ip_adapter_embeds`); None clears."""
+    _require(pipe).set_image(images, image_embeds)
+
+
+def set_ip_adapter_scale(pipe, scale: float) -> None:
+    """Weight of the image prompt: out = Attn(Q, K, V) + scale * Attn(Q, K_ip, V_ip)."""
+    _require(pipe).set_scale(scale)
+
+
+def unload_ip_adapter(pipe) -> None:
+    """Remove the IP-Adapter, if one is loaded: the previous processors come back."""
+    adapter = get_ip_adapter(pipe)
+    if adapter is not None:
+        adapter.unload()

@@ -120,6 +120,7 @@ def img2img(
     posterior_noise: np.ndarray | None = None,
     eta: float = 0.0,
     progress: bool = False,
+    ip_adapter_image: np.ndarray | None = None,
 ) -> np.ndarray:
     """SDEdit: uint8 images [B, H, W, 3] edited towards `prompts`; returns uint8 [B, H, W, 3].
 
@@ -127,7 +128,23 @@ def img2img(
     np.random.default_rng(0)) draws, in diffusers' order, the posterior sample of the VAE encoding (when
     posterior='sample'), the add_noise noise, then the noise of stochastic steps; `posterior_noise` and
     `noise` ([B, 4, h, w] float arrays) replace the first two draws. posterior='mode' uses the posterior mean.
+    `ip_adapter_image` (uint8 [H, W, 3], or one per prompt) is the image prompt of the IP-Adapter loaded with
+    jstyle.methods.ip_adapter.load_ip_adapter, for this call only.
     """
+    if ip_adapter_image is not None:
+        from .ip_adapter import get_ip_adapter, set_ip_adapter_image
+
+        adapter = get_ip_adapter(pipe)
+        state = None if adapter is None else (adapter._cond, adapter._uncond)
+        set_ip_adapter_image(pipe, np.asarray(ip_adapter_image))  # InputError when none is loaded
+        try:
+            return img2img(pipe, images, prompts, strength=strength, num_inference_steps=num_inference_steps,
+                           guidance_scale=guidance_scale, negative_prompt=negative_prompt, scheduler=scheduler,
+                           generator=generator, noise=noise, posterior=posterior, posterior_noise=posterior_noise,
+                           eta=eta, progress=progress)
+        finally:
+            adapter._cond, adapter._uncond = state
+
     import jittor as jt
 
     from ..schedulers import get_scheduler
@@ -292,11 +309,11 @@ def run(args: argparse.Namespace) -> int:
 
         apply_lora(pipe, args.lora, scale=args.lora_scale)
     if args.ip_adapter is not None:
-        from .ip_adapter import load_ip_adapter
+        from .ip_adapter import load_ip_adapter, set_ip_adapter_image
 
-        adapter = load_ip_adapter(pipe, args.ip_adapter, args.image_encoder, scale=args.ip_scale)
+        load_ip_adapter(pipe, args.ip_adapter, args.image_encoder, scale=args.ip_scale)
         source = args.ip_image or args.init or _style_images(args.style_dir)[0]
-        adapter.set_image(read_rgb(source))
+        set_ip_adapter_image(pipe, read_rgb(source))
     args.out.mkdir(parents=True, exist_ok=True)
     for prompt in tqdm(todo, desc="sdedit", unit="img"):
         image = img2img(pipe, init, [prompt], strength=args.strength, num_inference_steps=args.steps,

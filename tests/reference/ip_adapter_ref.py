@@ -6,8 +6,9 @@ Writes OUT_DIR/image_encoder/ (a seeded tiny transformers CLIPVisionModelWithPro
 OUT_DIR/ip_adapter.safetensors (random weights in the public ip-adapter_sd15 layout, flat keys
 `image_proj.*` / `ip_adapter.{1,3,...}.to_{k,v}_ip.weight`) and OUT_DIR/refs.npz: the image, its
 CLIPImageProcessorPil pixel values (and the default torchvision processor's, to measure the gap),
-image_embeds, one CFG UNet output with the image tokens, and a 3-step StableDiffusionPipeline result
-with `ip_adapter_image` from fixed latents.
+image_embeds, one CFG UNet output with the image tokens, a 3-step StableDiffusionPipeline result
+with `ip_adapter_image` from fixed latents, and a StableDiffusionImg2ImgPipeline (DDIM, strength 0.7,
+3 steps) result with `ip_adapter_image` and given noise (as tests/reference/sdedit_ref.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as img2img_mod
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -62,6 +65,8 @@ def main(model: str, out: str) -> None:
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
     pixels = fe(image, return_tensors="pt").pixel_values
+    tall = rng.integers(0, 256, (52, 37, 3), dtype=np.uint8)  # portrait, odd crop offsets
+    pixels_tall = fe(tall, return_tensors="pt").pixel_values
     pixels_tv = CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE})(
         image, return_tensors="pt").pixel_values
     embeds = enc(pixels).image_embeds
@@ -74,7 +79,21 @@ def main(model: str, out: str) -> None:
                     added_cond_kwargs={"image_embeds": image_embeds}).sample
     result = pipe("a cat", ip_adapter_image=image, num_inference_steps=3, guidance_scale=7.5, height=16, width=16,
                   latents=latents.clone(), output_type="np").images
-    np.savez(out_dir / "refs.npz", image=image, pixels=pixels.numpy(), pixels_torchvision=pixels_tv.numpy(),
+    init = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    post = torch.from_numpy(rng.standard_normal((1, 4, 16 // f, 16 // f)).astype(np.float32))
+    noise = torch.from_numpy(rng.standard_normal((1, 4, 16 // f, 16 // f)).astype(np.float32))
+    img2img_mod.retrieve_latents = lambda enc_out, generator=None, sample_mode="sample": (
+        enc_out.latent_dist.mean + enc_out.latent_dist.std * post)  # the posterior sample with given noise
+    img2img_mod.randn_tensor = lambda shape, **kw: noise.reshape(shape).clone()  # the add_noise noise
+    i2i = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    i2i.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    i2i.set_progress_bar_config(disable=True)
+    edited = i2i("a cat", image=Image.fromarray(init), ip_adapter_image=image, strength=0.7, num_inference_steps=3,
+                 guidance_scale=7.5, output_type="np").images
+    np.savez(out_dir / "refs.npz", init=init, posterior_noise=post.numpy(), noise=noise.numpy(),
+             img2img=(np.clip(edited, 0, 1) * 255).round().astype(np.uint8),
+             image=image, tall=tall, pixels_tall=pixels_tall.numpy(), pixels=pixels.numpy(),
+             pixels_torchvision=pixels_tv.numpy(),
              image_embeds=embeds.numpy(), latents=latents.numpy(), unet_out=unet_out.numpy(),
              pipe_images=(result * 255).round().astype(np.uint8), pipe_float=result.astype(np.float32))
     (out_dir / "DONE").write_text("ok\n")
