@@ -1,0 +1,33 @@
+"""Reference side of bench/txt2img.py (checker env): a whole StableDiffusionPipeline generation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sd21 import emit, peak_rss_mb, timed  # noqa: E402
+
+
+def main(folder: Path, latent: int, steps: int, repeats: int, threads: int) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(threads)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, latent, latent)).astype(np.float32))
+
+    def run():
+        return pipe("a photo of a dolphin", num_inference_steps=steps, guidance_scale=7.5, height=8 * latent,
+                    width=8 * latent, latents=latents.clone(), output_type="np").images
+
+    result = {"side": "diffusers", "torch": torch.__version__, "threads": threads, "txt2img": timed(run, repeats)}
+    result["peak_rss_mb"] = peak_rss_mb()
+    emit(result)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:6]))

@@ -1,0 +1,101 @@
+"""Benchmark: a whole text-to-image generation (text encode, N DDIM steps with CFG batch 2, VAE decode) on
+the Stable Diffusion 2.1 architecture with the same random weights, jstyle's StableDiffusion vs
+diffusers' StableDiffusionPipeline, each in its own env and process, from the same initial latents.
+Prints medians, the jstyle/diffusers ratio and peak memory.
+
+    bash envs/setup.sh && source envs/env.sh
+    $JSTYLE_PYTHON bench/txt2img.py [--latent 32] [--steps 4] [--repeats 2]
+
+Uses the random SD2.1 folder of bench/unet_step.py, completed once with a scheduler config (SD 2.1's
+DDIM, v-prediction), a toy-vocabulary tokenizer and model_index.json so both libraries load it whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from _sd21 import emit, peak_rss_mb, timed  # noqa: E402
+from unet_step import collect  # noqa: E402
+
+
+def complete_folder(folder: Path) -> None:
+    """Add scheduler/, tokenizer/ and model_index.json (taken from a tiny sd2 pipeline) if missing."""
+    if (folder / "model_index.json").exists():
+        return
+    from jstyle.tiny import write_tiny_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = write_tiny_pipeline(Path(tmp) / "tiny", kind="sd2", seed=0)
+        for part in ("scheduler", "tokenizer"):
+            if not (folder / part).exists():
+                shutil.copytree(tiny / part, folder / part)
+        index = json.loads((tiny / "model_index.json").read_text())
+        (folder / "model_index.json.tmp").write_text(json.dumps(index, indent=2) + "\n")
+        os.replace(folder / "model_index.json.tmp", folder / "model_index.json")
+
+
+def jstyle_side(folder: Path, latent: int, steps: int, repeats: int) -> None:
+    import jittor as jt
+    import numpy as np
+
+    from jstyle import load_pipeline
+
+    pipe = load_pipeline(folder)
+    latents = jt.array(np.random.default_rng(0).standard_normal((1, 4, latent, latent)).astype(np.float32))
+
+    def run():
+        return pipe.text_to_image("a photo of a dolphin", num_inference_steps=steps, guidance_scale=7.5,
+                                  height=8 * latent, width=8 * latent, latents=latents)
+
+    result = {"side": "jstyle", "jittor": jt.__version__, "use_mkl": os.environ.get("use_mkl"),
+              "txt2img": timed(run, repeats)}
+    result["peak_rss_mb"] = peak_rss_mb()
+    emit(result)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--latent", type=int, default=32, help="latent size (32 = 256 px, 64 = 512 px)")
+    p.add_argument("--steps", type=int, default=4, help="DDIM steps")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    p.add_argument("--jstyle-side", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    folder = Path(os.environ.get("JSTYLE_HOME", Path.home() / ".cache" / "jstyle")) / "bench" / "sd21-random"
+    if args.jstyle_side:
+        jstyle_side(folder, args.latent, args.steps, args.repeats)
+        return 0
+    checker = os.environ.get("JSTYLE_CHECKER_PYTHON")
+    if not checker:
+        sys.exit("error: source envs/env.sh first (JSTYLE_CHECKER_PYTHON is not set)")
+    if not (folder / "DONE").exists():
+        print(f"making the random SD2.1 folder at {folder} (once)", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([checker, str(HERE / "_diffusers_unet_step.py"), "make", str(folder)], check=True)
+    complete_folder(folder)
+    common = [str(args.latent), str(args.steps), str(args.repeats)]
+    ref = collect([checker, str(HERE / "_diffusers_txt2img.py"), str(folder), *common, str(args.threads)])
+    ours = collect([sys.executable, __file__, "--jstyle-side", "--latent", common[0], "--steps", common[1],
+                    "--repeats", common[2]])
+    r, o = ref["txt2img"]["median_s"], ours["txt2img"]["median_s"]
+    print(f"SD2.1 architecture, random weights, {8 * args.latent}x{8 * args.latent} px, {args.steps} DDIM steps, "
+          f"CFG 7.5, median of {args.repeats}")
+    print(f"txt2img: diffusers {r:.2f} s, jstyle {o:.2f} s, ratio {o / r:.2f} "
+          f"(jstyle first run {ours['txt2img']['first_s']:.1f} s, compiles included)")
+    print(f"peak RSS MB: diffusers {ref['peak_rss_mb']}, jstyle {ours['peak_rss_mb']} "
+          f"(ratio {ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f}); use_mkl={ours.get('use_mkl')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
