@@ -35,8 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--styles", help="e.g. 00-14 or 00,03,07 (default: every style folder)")
     p.add_argument("--devices", help="auto (every GPU, else CPU), cpu, cpu:N (N CPU workers) or GPU ids 0,1,2,3")
     p.add_argument("--preset", help="LoRA recipe: baseline (the challenge's) or strong, multi_module, dreambooth")
-    p.add_argument("--backend", choices=("local", "ray"), help="local processes (default)")
-    p.add_argument("--address", help="ray cluster address (with --backend ray)")
+    p.add_argument("--backend", choices=("local", "ray"), help="local processes (default), or Ray actors: a local "
+                   "instance, or the cluster at --address (one GPU per cuda worker; --devices 0,1,2,3 asks for 4)")
+    p.add_argument("--address", help="ray cluster address, e.g. auto (with --backend ray)")
     p.add_argument("--size", type=int, help="generation size in pixels (outputs are saved 512x512; default 512)")
     p.add_argument("--steps", type=int, help="text-to-image DDIM steps (default 25)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default 7.5)")
@@ -126,8 +127,6 @@ def run(args: argparse.Namespace) -> int:
     wanted = s.pop("styles", None)  # a flag's "00-14" or a config file's list
     styles = list_styles(data, expand_styles(wanted if wanted is None or isinstance(wanted, str) else ",".join(wanted)))
     cfg = RunConfig.from_dict({**s, "styles": tuple(styles)})
-    if cfg.backend == "ray":
-        raise ConfigError("--backend ray is not available in this version; use --backend local")
     if not Path(cfg.model).is_dir():
         raise ConfigError(f"--model {cfg.model}: folder not found")
     graph = build_graph(cfg, {st: read_prompts(data / st) for st in styles})
@@ -135,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{cfg.method}: {len(styles)} styles, {len(graph)} tasks on {', '.join(workers)} -> {out} "
           f"(logs in {out / 'logs'})", flush=True)
     report = run_graph(graph, "jstyle.jobs.stages:execute", out_dir=out, config=cfg.to_dict(),
-                       manifest_config=cfg.hashed(), workers=workers, retries=cfg.retries, progress=cfg.progress)
+                       manifest_config=cfg.hashed(), workers=workers, retries=cfg.retries, progress=cfg.progress,
+                       backend=cfg.backend, address=cfg.address)
     print(f"{len(report.done)} tasks done, {len(report.already_done)} already done, {len(report.failed)} failed, "
           f"{len(report.not_run)} not run ({report.seconds:.0f} s); manifest: {out / 'manifest.json'}")
     for key, error in report.failed.items():

@@ -233,12 +233,14 @@ class _Status:
 
 
 def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str, Any], workers: list[str],
-              retries: int = 1, progress: bool = True, manifest_config: dict[str, Any] | None = None) -> RunReport:
+              retries: int = 1, progress: bool = True, manifest_config: dict[str, Any] | None = None,
+              backend: str = "local", address: str | None = None) -> RunReport:
     """Run every task not already finished (per <out_dir>/manifest.json) on `workers`; `execute` is a
     'module:function' called as function(task, ctx) -> dict of JSON info kept in the manifest.
 
     The manifest records and hashes `manifest_config` (default: `config`): the settings that decide
-    the outputs; a rerun with a different hash redoes every task."""
+    the outputs; a rerun with a different hash redoes every task. backend 'ray' runs the workers as Ray
+    actors (a local instance, or the cluster at `address`) under the same manifest and retries."""
     graph.validate()
     out_dir = Path(out_dir)
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -250,9 +252,16 @@ def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str
     failed: dict[str, str] = {}
     blocked: set[str] = set()
     running: dict[str, tuple[Task, float]] = {}
+    if backend == "ray":
+        from .ray_backend import RayPool
+
+        pool = RayPool(workers, execute, out_dir, config, address)
+    elif backend == "local":
+        pool = _InProcess(workers[0], execute, out_dir, config) if len(workers) == 1 else \
+            _Processes(workers, execute, out_dir, config)
+    else:
+        raise ConfigError(f"backend {backend!r}: use local or ray")
     status = _Status(len(graph) - len(done), workers, progress)
-    pool = _InProcess(workers[0], execute, out_dir, config) if len(workers) == 1 else \
-        _Processes(workers, execute, out_dir, config)
     try:
         while True:
             busy = {t.key for t, _ in running.values()}

@@ -155,3 +155,26 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_tree(tmp_path):
     assert not [p for p in killed.rglob("*.tmp")]
     tasks = json.loads((killed / "manifest.json").read_text())["tasks"]
     assert {r["status"] for r in tasks.values()} == {"done"}
+
+
+def test_ray_backend_runs_the_same_graph_with_a_dead_actor_requeued(tmp_path):
+    pytest.importorskip("ray", reason="ray is pinned in envs/jstyle-requirements.txt; this env lacks it")
+    g = plan()
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    cfg = {"crash_once": ["01/generate/Cat"]}
+    assert run_graph(g, TOY, out_dir=local, config=cfg, workers=["cpu:0", "cpu:1"], progress=False).ok
+    report = run_graph(g, TOY, out_dir=remote, config=cfg, workers=["cpu:0", "cpu:1"], progress=False, backend="ray")
+    assert report.ok and len(report.done) == len(g)
+    assert sorted(outputs(local)) == sorted(outputs(remote))
+    got = outputs(remote)
+    by_key = {v["key"]: v for v in got.values()}
+    for task in g.tasks:
+        for dep in task.deps:
+            assert by_key[task.key]["start"] >= by_key[dep]["end"]
+    assert len({v["pid"] for v in got.values()}) >= 2 and os.getpid() not in {v["pid"] for v in got.values()}
+    a = json.loads((local / "manifest.json").read_text())
+    b = json.loads((remote / "manifest.json").read_text())
+    assert a["config_hash"] == b["config_hash"] and set(a["tasks"]) == set(b["tasks"])
+    assert b["tasks"]["01/generate/Cat"]["attempts"] == 2 and b["tasks"]["01/generate/Cat"]["status"] == "done"
+    again = run_graph(g, TOY, out_dir=remote, config=cfg, workers=["cpu:0"], progress=False, backend="ray")
+    assert again.done == [] and len(again.already_done) == len(g)

@@ -85,9 +85,17 @@ def test_every_other_method_writes_the_layout(tmp_path):
     (["--styles", "99"], ["99"]),
     (["--devices", "gpu"], ["--devices", "gpu"]),
     (["--size", "20"], ["--size", "multiple of 8"]),
-    (["--backend", "ray"], ["ray"]),
+    (["--gamma", "2"], ["--gamma", "[0, 1]"]),
 ])
 def test_bad_input_is_one_line_error(tmp_path, capsys, flags, words):
     assert run_all.main([*TINY, "--out", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and all(w in err for w in words)
+
+
+def test_ray_backend_runs_the_demo_plan(tmp_path):
+    pytest.importorskip("ray", reason="ray is pinned in envs/jstyle-requirements.txt; this env lacks it")
+    assert run_all.main([*TINY, "--out", str(tmp_path), "--devices", "cpu:2", "--backend", "ray"]) == 0
+    assert sorted(p.name for p in (tmp_path / "00").iterdir()) == sorted(f"{p}.png" for p in PROMPTS)
+    tasks = json.loads((tmp_path / "manifest.json").read_text())["tasks"]
+    assert {t["status"] for t in tasks.values()} == {"done"} and len(tasks) == 1 + 2 * len(PROMPTS)

@@ -1,0 +1,89 @@
+"""Peak memory and wall time of each style method on the tiny random model (one subprocess per method,
+so each peak is its own), plus the StyleID feature cache at 512 px on the SD 2.1 architecture computed
+from the shapes (what StyleID keeps: the style's K and V and each content image's Q, per injected
+layer and timestep; nothing goes to disk).
+
+    source envs/env.sh && $JSTYLE_PYTHON bench/methods_memory.py [--size 64] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from _sd21 import UNET, emit, peak_rss_mb  # noqa: E402
+from unet_step import collect  # noqa: E402
+
+METHODS = ("txt2img", "sdedit", "styleid", "diffstyle")
+
+
+def one(method: str, model: Path, size: int, steps: int) -> None:
+    import numpy as np
+
+    from jstyle import load_pipeline
+
+    pipe = load_pipeline(model)
+    rng = np.random.default_rng(0)
+    content = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    style = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    if method == "txt2img":
+        pipe.text_to_image("a dolphin", num_inference_steps=steps, height=size, width=size)
+    elif method == "sdedit":
+        from jstyle.methods.sdedit import img2img
+
+        img2img(pipe, style, ["a dolphin"], strength=0.9, num_inference_steps=steps)
+    elif method == "styleid":
+        from jstyle.methods.styleid import StyleIDConfig, stylize
+
+        stylize(pipe, content, style, StyleIDConfig(steps=steps, start_step=steps - 1))
+    elif method == "diffstyle":
+        from jstyle.methods.diffstyle import DiffStyleConfig, diffstyle
+
+        diffstyle(pipe, content, style, DiffStyleConfig(steps=steps, start_step=steps - 1))
+    emit({"method": method, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()})
+
+
+def styleid_cache_gb(size: int = 512, steps: int = 49, bytes_per: int = 2) -> float:
+    """Style K, V + content Q for the attn1 of up_blocks[2..3].attentions[0..2] of SD 2.1, per timestep."""
+    latent = size // 8
+    channels = list(reversed(UNET["block_out_channels"]))  # up_blocks[i] width
+    elements = 0
+    for block, res in ((2, latent // 2), (3, latent)):
+        elements += 3 * res * res * channels[block]  # 3 attentions, tokens x width each
+    return 3 * elements * steps * bytes_per / 1e9  # K, V (style) + Q (content)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)
+    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        one(args.one, args.model, args.size, args.steps)
+        return 0
+    from jstyle.tiny import write_tiny_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = write_tiny_pipeline(Path(tmp) / "tiny", kind="sd2", seed=0)
+        print(f"tiny random SD2-like model, {args.size} px, {args.steps} steps, one process per method")
+        print(f"{'method':<10} {'peak RSS MB':>12} {'seconds':>9}")
+        for method in METHODS:
+            r = collect([sys.executable, __file__, "--one", method, "--model", str(model), "--size", str(args.size),
+                         "--steps", str(args.steps)])
+            print(f"{method:<10} {r['peak_rss_mb']:>12.0f} {r['seconds']:>9.1f}")
+    print(f"StyleID feature cache at 512 px, SD 2.1, 49 steps, fp16: {styleid_cache_gb():.2f} GB for one style "
+          f"and one content image (fp32 {styleid_cache_gb(bytes_per=4):.2f} GB), kept in memory")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
