@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _sd21 import emit, peak_rss_mb, timed  # noqa: E402
-from unet_step import collect  # noqa: E402
+from unet_step import checker_with_folder, collect, sd21_folder  # noqa: E402
 
 
 def jstyle_side(folder: Path, latent: int, repeats: int) -> None:
@@ -66,17 +65,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--jstyle-side", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    folder = Path(os.environ.get("JSTYLE_HOME", Path.home() / ".cache" / "jstyle")) / "bench" / "sd21-random"
+    folder = sd21_folder()
     if args.jstyle_side:
         jstyle_side(folder, args.latent, args.repeats)
         return 0
-    checker = os.environ.get("JSTYLE_CHECKER_PYTHON")
-    if not checker:
-        sys.exit("error: source envs/env.sh first (JSTYLE_CHECKER_PYTHON is not set)")
-    if not (folder / "DONE").exists():
-        print(f"making the random SD2.1 folder at {folder} (once)", flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([checker, str(HERE / "_diffusers_unet_step.py"), "make", str(folder)], check=True)
+    checker = checker_with_folder(folder)
     ref = collect([checker, str(HERE / "_diffusers_train_step.py"), str(folder), str(args.latent), str(args.repeats),
                    str(args.threads), "0"])
     ours = collect([sys.executable, __file__, "--jstyle-side", "--latent", str(args.latent),

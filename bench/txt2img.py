@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _sd21 import emit, peak_rss_mb, timed  # noqa: E402
-from unet_step import collect  # noqa: E402
+from unet_step import checker_with_folder, collect, sd21_folder  # noqa: E402
 
 
 def complete_folder(folder: Path) -> None:
@@ -71,17 +70,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--jstyle-side", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    folder = Path(os.environ.get("JSTYLE_HOME", Path.home() / ".cache" / "jstyle")) / "bench" / "sd21-random"
+    folder = sd21_folder()
     if args.jstyle_side:
         jstyle_side(folder, args.latent, args.steps, args.repeats)
         return 0
-    checker = os.environ.get("JSTYLE_CHECKER_PYTHON")
-    if not checker:
-        sys.exit("error: source envs/env.sh first (JSTYLE_CHECKER_PYTHON is not set)")
-    if not (folder / "DONE").exists():
-        print(f"making the random SD2.1 folder at {folder} (once)", flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([checker, str(HERE / "_diffusers_unet_step.py"), "make", str(folder)], check=True)
+    checker = checker_with_folder(folder)
     complete_folder(folder)
     common = [str(args.latent), str(args.steps), str(args.repeats)]
     ref = collect([checker, str(HERE / "_diffusers_txt2img.py"), str(folder), *common, str(args.threads)])

@@ -68,6 +68,23 @@ def jstyle_side(folder: Path, latent: int, repeats: int, parts: list[str]) -> No
     emit(result)
 
 
+def sd21_folder() -> Path:
+    """$JSTYLE_HOME/bench/sd21-random: the random SD2.1 weights every benchmark shares."""
+    return Path(os.environ.get("JSTYLE_HOME", Path.home() / ".cache" / "jstyle")) / "bench" / "sd21-random"
+
+
+def checker_with_folder(folder: Path) -> str:
+    """The checker env's python, after making the random SD2.1 folder with diffusers if it is missing."""
+    checker = os.environ.get("JSTYLE_CHECKER_PYTHON")
+    if not checker:
+        sys.exit("error: source envs/env.sh first (JSTYLE_CHECKER_PYTHON is not set)")
+    if not (folder / "DONE").exists():
+        print(f"making the random SD2.1 folder at {folder} (once)", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([checker, str(HERE / "_diffusers_unet_step.py"), "make", str(folder)], check=True)
+    return checker
+
+
 def collect(cmd: list[str]) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
@@ -84,18 +101,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (Jittor+oneDNN uses OpenMP)")
     p.add_argument("--jstyle-side", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    home = Path(os.environ.get("JSTYLE_HOME", Path.home() / ".cache" / "jstyle"))
-    folder = home / "bench" / "sd21-random"
+    folder = sd21_folder()
     if args.jstyle_side:
         jstyle_side(folder, args.latent, args.repeats, args.parts.split(","))
         return 0
-    checker = os.environ.get("JSTYLE_CHECKER_PYTHON")
-    if not checker:
-        sys.exit("error: source envs/env.sh first (JSTYLE_CHECKER_PYTHON is not set)")
-    if not (folder / "DONE").exists():
-        print(f"making the random SD2.1 folder at {folder} (once)", flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([checker, str(HERE / "_diffusers_unet_step.py"), "make", str(folder)], check=True)
+    checker = checker_with_folder(folder)
     common = [str(args.latent), str(args.repeats), args.parts]
     ref = collect([checker, str(HERE / "_diffusers_unet_step.py"), "time", str(folder), *common, str(args.threads)])
     ours = collect([sys.executable, __file__, "--jstyle-side", "--latent", common[0], "--repeats", common[1],

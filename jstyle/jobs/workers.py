@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from .graph import Task, TaskGraph
 from .manifest import Manifest
 
-__all__ = ["WorkerContext", "RunReport", "parse_workers", "run_graph"]
+__all__ = ["WorkerContext", "RunReport", "parse_workers", "run_graph", "keep_running_when_children_die"]
 
 
 @dataclass
@@ -54,6 +54,16 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.not_run
+
+
+def keep_running_when_children_die() -> None:
+    """Once imported, Jittor quick-exits its process when any child dies from a signal (its SIGCHLD
+    handler); a worker killed by the OOM killer or by hand must not take the scheduler down with it,
+    so the default SIGCHLD handling is put back (main thread only, as Python requires)."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _gpu_count() -> int:
@@ -242,6 +252,7 @@ def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str
     the outputs; a rerun with a different hash redoes every task. backend 'ray' runs the workers as Ray
     actors (a local instance, or the cluster at `address`) under the same manifest and retries."""
     graph.validate()
+    keep_running_when_children_die()
     out_dir = Path(out_dir)
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out_dir / "manifest.json", config if manifest_config is None else manifest_config)

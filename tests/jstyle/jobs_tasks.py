@@ -19,6 +19,7 @@ def execute(task, ctx) -> dict:
     """Writes {start, end, pid, worker} to each output after sleeping config['sleep'] seconds.
 
     config['crash_once']: keys whose first attempt kills the worker process (os._exit);
+    config['sigkill_once']: keys whose first attempt SIGKILLs the worker process;
     config['always_fail']: keys that always raise."""
     cfg = ctx.config
     marker = ctx.out_dir / "attempts" / task.key.replace("/", "_")
@@ -28,6 +29,8 @@ def execute(task, ctx) -> dict:
         raise RuntimeError(f"{task.key} fails on purpose")
     if task.key in cfg.get("crash_once", ()) and tries == 1:
         os._exit(7)
+    if task.key in cfg.get("sigkill_once", ()) and tries == 1:
+        os.kill(os.getpid(), 9)  # as the OOM killer would
     start = time.time()
     time.sleep(cfg.get("sleep", 0.0))
     for rel in task.outputs:
