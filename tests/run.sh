@@ -18,9 +18,11 @@ echo "== ruff"
 
 echo "== jstyle tests (Jittor, $JSTYLE_PYTHON)"
 "$JSTYLE_PYTHON" -m pytest tests/jstyle -q -p no:cacheprovider --junitxml="$results/jstyle.xml" "$@" || status=1
+[ -s "$results/jstyle.xml" ] || { echo; echo "error: the jstyle test process died before reporting (a crash)"; status=1; }
 
 echo "== checker tests (PyTorch, $JSTYLE_CHECKER_PYTHON)"
 "$JSTYLE_CHECKER_PYTHON" -m pytest tests/checker -q -p no:cacheprovider --junitxml="$results/checker.xml" "$@" || status=1
+[ -s "$results/checker.xml" ] || { echo; echo "error: the checker test process died before reporting (a crash)"; status=1; }
 
 "$JSTYLE_PYTHON" - "$results" <<'PY'
 import sys
