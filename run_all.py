@@ -129,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_dict({**s, "styles": tuple(styles)})
     if not Path(cfg.model).is_dir():
         raise ConfigError(f"--model {cfg.model}: folder not found")
+    if cfg.trains:  # the LoRA settings fail here, in one line, not in every train task
+        from jstyle.training import preset
+
+        preset(cfg.preset, **({"max_train_steps": cfg.train_steps} if cfg.train_steps is not None else {}),
+               resolution=cfg.train_size or cfg.size)
     graph = build_graph(cfg, {st: read_prompts(data / st) for st in styles})
     workers = parse_workers(cfg.devices)
     print(f"{cfg.method}: {len(styles)} styles, {len(graph)} tasks on {', '.join(workers)} -> {out} "

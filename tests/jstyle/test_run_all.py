@@ -86,6 +86,8 @@ def test_every_other_method_writes_the_layout(tmp_path):
     (["--devices", "gpu"], ["--devices", "gpu"]),
     (["--size", "20"], ["--size", "multiple of 8"]),
     (["--gamma", "2"], ["--gamma", "[0, 1]"]),
+    (["--preset", "nope"], ["preset", "nope", "baseline"]),
+    (["--train-steps", "0"], ["max_train_steps", "> 0"]),
 ])
 def test_bad_input_is_one_line_error(tmp_path, capsys, flags, words):
     assert run_all.main([*TINY, "--out", str(tmp_path), *flags]) == 2
