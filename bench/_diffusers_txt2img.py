@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sd21 import emit, peak_rss_mb, timed  # noqa: E402
+from _sd21 import serve  # noqa: E402
 
 
-def main(folder: Path, latent: int, steps: int, repeats: int, threads: int) -> None:
+def main(folder: Path, latent: int, steps: int, threads: int) -> None:
     from diffusers import StableDiffusionPipeline
 
     torch.set_num_threads(threads)
@@ -24,10 +24,8 @@ def main(folder: Path, latent: int, steps: int, repeats: int, threads: int) -> N
         return pipe("a photo of a dolphin", num_inference_steps=steps, guidance_scale=7.5, height=8 * latent,
                     width=8 * latent, latents=latents.clone(), output_type="np").images
 
-    result = {"side": "diffusers", "torch": torch.__version__, "threads": threads, "txt2img": timed(run, repeats)}
-    result["peak_rss_mb"] = peak_rss_mb()
-    emit(result)
+    serve({"txt2img": run})
 
 
-if __name__ == "__main__":
-    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:6]))
+if __name__ == "__main__":  # FOLDER LATENT STEPS THREADS
+    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:5]))

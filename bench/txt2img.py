@@ -1,10 +1,13 @@
 """Benchmark: a whole text-to-image generation (text encode, N DDIM steps with CFG batch 2, VAE decode) on
 the Stable Diffusion 2.1 architecture with the same random weights, jstyle's StableDiffusion vs
 diffusers' StableDiffusionPipeline, each in its own env and process, from the same initial latents.
-Prints medians, the jstyle/diffusers ratio and peak memory.
+Prints medians, the jstyle/diffusers ratio and peak memory. Both processes load and warm up, then runs
+alternate between them (diffusers, jstyle, then jstyle, diffusers, ...), so that other load on a shared
+machine falls on both sides alike; both pipelines are in memory together (about 12 GB at SD 2.1 size).
+Both run with glibc's huge-page malloc (GLIBC_TUNABLES=glibc.malloc.hugetlb=1) unless --no-thp.
 
     bash envs/setup.sh && source envs/env.sh
-    $JSTYLE_PYTHON bench/txt2img.py [--latent 32] [--steps 4] [--repeats 2]
+    $JSTYLE_PYTHON bench/txt2img.py [--latent 32] [--steps 4] [--repeats 3]
 
 Uses the random SD2.1 folder of bench/unet_step.py, completed once with a scheduler config (SD 2.1's
 DDIM, v-prediction), a toy-vocabulary tokenizer and model_index.json so both libraries load it whole.
@@ -23,8 +26,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _sd21 import emit, peak_rss_mb, timed  # noqa: E402
-from unet_step import checker_with_folder, collect, sd21_folder  # noqa: E402
+from _sd21 import Worker, alternate, child_env, serve  # noqa: E402
+from unet_step import checker_with_folder, sd21_folder  # noqa: E402
 
 
 def complete_folder(folder: Path) -> None:
@@ -43,7 +46,7 @@ def complete_folder(folder: Path) -> None:
         os.replace(folder / "model_index.json.tmp", folder / "model_index.json")
 
 
-def jstyle_side(folder: Path, latent: int, steps: int, repeats: int) -> None:
+def jstyle_side(folder: Path, latent: int, steps: int) -> None:
     import jittor as jt
     import numpy as np
 
@@ -56,37 +59,41 @@ def jstyle_side(folder: Path, latent: int, steps: int, repeats: int) -> None:
         return pipe.text_to_image("a photo of a dolphin", num_inference_steps=steps, guidance_scale=7.5,
                                   height=8 * latent, width=8 * latent, latents=latents)
 
-    result = {"side": "jstyle", "jittor": jt.__version__, "use_mkl": os.environ.get("use_mkl"),
-              "txt2img": timed(run, repeats)}
-    result["peak_rss_mb"] = peak_rss_mb()
-    emit(result)
+    serve({"txt2img": run})
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--latent", type=int, default=32, help="latent size (32 = 256 px, 64 = 512 px)")
     p.add_argument("--steps", type=int, default=4, help="DDIM steps")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per side (alternating)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    p.add_argument("--no-thp", action="store_true", help="both sides without huge-page malloc")
     p.add_argument("--jstyle-side", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     folder = sd21_folder()
     if args.jstyle_side:
-        jstyle_side(folder, args.latent, args.steps, args.repeats)
+        jstyle_side(folder, args.latent, args.steps)
         return 0
     checker = checker_with_folder(folder)
     complete_folder(folder)
-    common = [str(args.latent), str(args.steps), str(args.repeats)]
-    ref = collect([checker, str(HERE / "_diffusers_txt2img.py"), str(folder), *common, str(args.threads)])
-    ours = collect([sys.executable, __file__, "--jstyle-side", "--latent", common[0], "--steps", common[1],
-                    "--repeats", common[2]])
-    r, o = ref["txt2img"]["median_s"], ours["txt2img"]["median_s"]
+    common, env = [str(args.latent), str(args.steps)], child_env(not args.no_thp)
+    workers = {
+        "diffusers": Worker([checker, str(HERE / "_diffusers_txt2img.py"), str(folder), *common, str(args.threads)],
+                            env),
+        "jstyle": Worker([sys.executable, __file__, "--jstyle-side", "--latent", common[0], "--steps", common[1]],
+                         env),
+    }
+    res = alternate(workers, ["txt2img"], args.repeats)
+    peaks = {side: w.close() for side, w in workers.items()}
+    r, o = res["diffusers"]["txt2img"]["median_s"], res["jstyle"]["txt2img"]["median_s"]
     print(f"SD2.1 architecture, random weights, {8 * args.latent}x{8 * args.latent} px, {args.steps} DDIM steps, "
-          f"CFG 7.5, median of {args.repeats}")
+          f"CFG 7.5, median of {args.repeats} alternating runs per side")
     print(f"txt2img: diffusers {r:.2f} s, jstyle {o:.2f} s, ratio {o / r:.2f} "
-          f"(jstyle first run {ours['txt2img']['first_s']:.1f} s, compiles included)")
-    print(f"peak RSS MB: diffusers {ref['peak_rss_mb']}, jstyle {ours['peak_rss_mb']} "
-          f"(ratio {ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f}); use_mkl={ours.get('use_mkl')}")
+          f"(jstyle first run {res['jstyle']['txt2img']['first_s']:.1f} s, compiles included)")
+    print(f"peak RSS MB: diffusers {peaks['diffusers']}, jstyle {peaks['jstyle']} "
+          f"(ratio {peaks['jstyle'] / peaks['diffusers']:.2f}); use_mkl={os.environ.get('use_mkl')}, "
+          f"GLIBC_TUNABLES={env['GLIBC_TUNABLES'] or '(none)'}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,7 +13,7 @@ from jittor import nn
 
 from .errors import ConfigError, WeightsError
 
-__all__ = ["read_json", "load_safetensors", "find_weights", "load_state_dict_strict", "load_model"]
+__all__ = ["read_json", "load_safetensors", "find_weights", "load_state_dict_strict", "load_model", "release_pages"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -42,10 +43,11 @@ def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file() or path.stat().st_size < 8:
         raise WeightsError(f"{path}: missing or empty; copy the weights file again")
-    data = np.memmap(path, dtype=np.uint8, mode="r")  # mapped, not read: no second copy of the weights
+    with open(path, "rb") as f:  # mapped, not read: no second copy of the weights
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        (header_len,) = struct.unpack("<Q", data[:8].tobytes())
-        header = json.loads(data[8 : 8 + header_len].tobytes())
+        (header_len,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + header_len])
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError):
         raise WeightsError(f"{path}: not a safetensors file (bad header); re-download or re-convert it")
     base = 8 + header_len
@@ -116,9 +118,25 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, np.ndarray], sour
             + "; check that config.json and the weights come from the same model"
         )
     np_dtype = np.dtype(dtype)
-    module.load_parameters({
-        k: v.astype(np_dtype, copy=False) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()
-    })
+    for k, v in state.items():  # one tensor at a time, its file pages dropped once copied (peak = model + 1 tensor)
+        module.load_parameters({k: v.astype(np_dtype, copy=False) if np.issubdtype(v.dtype, np.floating) else v})
+        release_pages(v)
+
+
+def release_pages(arr: np.ndarray) -> None:
+    """Drop the resident file pages behind a tensor mapped by `load_safetensors` (no-op for other arrays).
+
+    The mapping stays valid (pages are read again on access); this only keeps a loaded file from counting
+    twice in resident memory, once as mapped pages and once as the model's own copy.
+    """
+    base = arr
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    if base is None or arr.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    offset = arr.ctypes.data - np.frombuffer(base, dtype=np.uint8, count=1).ctypes.data
+    start = offset - offset % mmap.PAGESIZE
+    base.madvise(mmap.MADV_DONTNEED, start, min(offset + arr.nbytes, len(base)) - start)
 
 
 def load_model(cls: type[M], component_dir: str | Path, dtype: str = "float32", variant: str | None = None) -> M:

@@ -84,7 +84,14 @@ class StableDiffusion:
             raise InputError(f"height and width must be positive multiples of 8, got {height}x{width}")
         if guidance_scale < 0:
             raise InputError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        n_train = int(self.scheduler_config.get("num_train_timesteps", 1000))
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+                or not 1 <= num_inference_steps <= n_train:
+            raise InputError(f"num_inference_steps must be an integer in 1..{n_train}, got {num_inference_steps!r}")
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise InputError(f"{len(negatives)} negative prompts for {len(prompts)} prompts; "
+                             "give one per prompt or a single string")
         if eta and scheduler != "ddim":
             raise InputError(f"eta is a DDIM setting; scheduler '{scheduler}' does not take it")
         name, scheduler = scheduler, get_scheduler(scheduler, self.scheduler_config)

@@ -11,6 +11,7 @@ import pytest
 
 from jstyle import load_pipeline, write_tiny_pipeline
 from jstyle.errors import ConfigError, InputError, WeightsError
+from jstyle.loading import load_safetensors, release_pages
 
 from .conftest import checker_python
 
@@ -66,6 +67,28 @@ def test_bad_inputs(tiny_ref, tmp_path):
         pipe.text_to_image("x", height=20, width=16)
     with pytest.raises(InputError, match="no prompts"):
         pipe.text_to_image([])
+    for steps in (0, -3, 2.5, 1001):
+        with pytest.raises(InputError, match=r"num_inference_steps must be an integer in 1\.\.1000"):
+            pipe.text_to_image("x", num_inference_steps=steps, height=16, width=16)
+    with pytest.raises(InputError, match="guidance_scale must be >= 0, got -1"):
+        pipe.text_to_image("x", guidance_scale=-1.0, height=16, width=16)
+    with pytest.raises(ConfigError, match="unknown scheduler 'pndm'; use one of ddim, ddpm"):
+        pipe.text_to_image("x", scheduler="pndm", height=16, width=16)
+    with pytest.raises(InputError, match="2 negative prompts for 1 prompts"):
+        pipe.text_to_image("x", negative_prompt=["a", "b"], height=16, width=16)
+    with pytest.raises(InputError, match="eta is a DDIM setting"):
+        pipe.text_to_image("x", scheduler="euler_a", eta=0.5, height=16, width=16)
+
+
+def test_released_pages_stay_readable(tiny_ref):
+    """load_state_dict_strict drops each mapped tensor's pages once copied; the mapping must stay valid."""
+    state = load_safetensors(tiny_ref / "sd1" / "vae" / "diffusion_pytorch_model.safetensors")
+    name, arr = max(state.items(), key=lambda kv: kv[1].nbytes)
+    before = np.array(arr)
+    release_pages(arr)
+    np.testing.assert_array_equal(arr, before)
+    release_pages(before)  # not a mapped tensor: nothing happens
+    np.testing.assert_array_equal(arr, before)
 
 
 DIFFUSERS_SIDE = """
