@@ -19,6 +19,7 @@ __all__ = [
     "PREDICTION_TYPES", "TIMESTEP_SPACINGS", "SchedulerOutput", "make_betas", "betas_for_alpha_bar",
     "alphas_cumprod", "check_choice", "config_from_dict", "spaced_timesteps", "step_noise", "batch_randn",
     "per_sample", "as_index_array", "f32", "vp_coefficients", "vp_add_noise", "vp_velocity", "schedule_index",
+    "threshold_sample",
 ]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -67,7 +68,7 @@ def check_choice(scheduler: str, key: str, value: Any, choices: Sequence[Any]) -
 
 
 def config_from_dict(config_cls: type[C], config: dict[str, Any], scheduler: str,
-                     unsupported: Iterable[str] = ("thresholding", "rescale_betas_zero_snr", "trained_betas")) -> C:
+                     unsupported: Iterable[str] = ("rescale_betas_zero_snr", "trained_betas")) -> C:
     """Dataclass config from a scheduler_config.json dict; keys of other schedulers are ignored, as in
     diffusers' from_config, and options set to a truthy value in `unsupported` raise ConfigError."""
     wanted = [k for k in unsupported if config.get(k)]
@@ -75,6 +76,19 @@ def config_from_dict(config_cls: type[C], config: dict[str, Any], scheduler: str
         raise ConfigError(f"{scheduler}: {', '.join(wanted)} not supported; remove it from scheduler_config.json")
     fields = config_cls.__dataclass_fields__
     return config_cls(**{k: v for k, v in config.items() if k in fields})
+
+
+def threshold_sample(sample: jt.Var, ratio: float, max_value: float) -> jt.Var:
+    """Dynamic thresholding (Imagen, Saharia et al. 2022), per sample: s = clamp(quantile(|x0|, ratio), 1, max),
+    x0 = clamp(x0, -s, s) / s; the quantile interpolates linearly between order statistics, as torch.quantile."""
+    flat = sample.float32().reshape(sample.shape[0], -1)
+    rank = f32(ratio) * f32(flat.shape[1] - 1)
+    lo, hi, w = int(np.floor(rank)), int(np.ceil(rank)), float(rank - np.floor(rank))
+    _, ordered = jt.argsort(flat.abs(), dim=1)
+    below, above = ordered[:, lo], ordered[:, hi]
+    q = below + w * (above - below) if w < 0.5 else above - (above - below) * (1.0 - w)  # torch.lerp
+    s = q.clamp(1.0, float(max_value)).reshape(-1, 1).broadcast(flat.shape)
+    return (jt.minimum(jt.maximum(flat, -s), s) / s).reshape(sample.shape).cast(sample.dtype)
 
 
 def spaced_timesteps(spacing: str, num_train: int, n: int, steps_offset: int = 0, rounded: bool = True) -> np.ndarray:

@@ -18,6 +18,7 @@ from .common import (
     make_betas,
     spaced_timesteps,
     step_noise,
+    threshold_sample,
 )
 
 __all__ = ["DDIMScheduler", "SchedulerOutput", "make_betas"]
@@ -34,6 +35,9 @@ class DDIMConfig:
     steps_offset: int = 0
     prediction_type: str = "epsilon"
     timestep_spacing: str = "leading"
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
 
 
 class DDIMScheduler:
@@ -57,8 +61,8 @@ class DDIMScheduler:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DDIMScheduler:
         """Build from a scheduler_config.json dict (other schedulers' configs are accepted as in diffusers)."""
-        if config.get("thresholding") or config.get("rescale_betas_zero_snr") or config.get("trained_betas"):
-            raise ConfigError("DDIM: thresholding, rescale_betas_zero_snr and trained_betas are not supported yet")
+        if wanted := [k for k in ("rescale_betas_zero_snr", "trained_betas") if config.get(k)]:
+            raise ConfigError(f"DDIM: {', '.join(wanted)} not supported; remove it from scheduler_config.json")
         fields = DDIMConfig.__dataclass_fields__
         return cls(DDIMConfig(**{k: v for k, v in config.items() if k in fields}))
 
@@ -101,7 +105,9 @@ class DDIMScheduler:
         prev_t = timestep - self.config.num_train_timesteps // self.num_inference_steps
         a, a_prev = self.alphas_cumprod[timestep], self._alpha_prev(prev_t)
         x0, eps = self.predict_x0_eps(model_output, timestep, sample)
-        if self.config.clip_sample:
+        if self.config.thresholding:
+            x0 = threshold_sample(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
+        elif self.config.clip_sample:
             r = self.config.clip_sample_range
             x0 = x0.clamp(-r, r)
         one = np.float32(1)

@@ -20,6 +20,7 @@ from .common import (
     make_betas,
     spaced_timesteps,
     step_noise,
+    threshold_sample,
     vp_add_noise,
     vp_velocity,
 )
@@ -41,6 +42,9 @@ class DDPMConfig:
     prediction_type: str = "epsilon"
     timestep_spacing: str = "leading"
     steps_offset: int = 0
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
 
 
 class DDPMScheduler:
@@ -109,8 +113,10 @@ class DDPMScheduler:
             x0 = model_output
         else:  # v-prediction: x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v
             x0 = float(np.sqrt(a)) * sample - float(np.sqrt(beta_prod)) * model_output
-        # 3. clip x0
-        if self.config.clip_sample:
+        # 3. clip or threshold x0
+        if self.config.thresholding:
+            x0 = threshold_sample(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
+        elif self.config.clip_sample:
             r = self.config.clip_sample_range
             x0 = x0.clamp(-r, r)
         # 4.-5. posterior mean (eq. 7): mu = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x0

@@ -25,13 +25,14 @@ from .common import (
     make_betas,
     per_sample,
     schedule_index,
+    threshold_sample,
 )
 
 __all__ = ["DPMSolverMultistepScheduler", "DPMSolverConfig"]
 
 _UNSUPPORTED = (
     "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas",
-    "use_dynamic_shifting", "thresholding", "rescale_betas_zero_snr", "trained_betas",
+    "use_dynamic_shifting", "rescale_betas_zero_snr", "trained_betas",
 )
 
 
@@ -52,6 +53,9 @@ class DPMSolverConfig:
     variance_type: str | None = None
     timestep_spacing: str = "linspace"
     steps_offset: int = 0
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
 
 
 def alpha_sigma(sigma: np.ndarray | np.float32) -> tuple:
@@ -144,10 +148,14 @@ class DPMSolverMultistepScheduler:
         alpha_t, sigma_t = alpha_sigma(self.sigmas[self.step_index])
         kind = self.config.prediction_type
         if kind == "epsilon":  # x0 = (x_t - sigma_t eps) / alpha_t
-            return (sample - float(sigma_t) * model_output) / float(alpha_t)
-        if kind == "v_prediction":  # x0 = alpha_t x_t - sigma_t v
-            return float(alpha_t) * sample - float(sigma_t) * model_output
-        return model_output
+            x0 = (sample - float(sigma_t) * model_output) / float(alpha_t)
+        elif kind == "v_prediction":  # x0 = alpha_t x_t - sigma_t v
+            x0 = float(alpha_t) * sample - float(sigma_t) * model_output
+        else:
+            x0 = model_output
+        if self.config.thresholding:
+            x0 = threshold_sample(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
+        return x0
 
     def step(
         self,

@@ -1,6 +1,7 @@
-"""DDPM, DPM-Solver++(2M) and Euler ancestral parity with diffusers 0.42 (tests/reference/make_scheduler_refs.py):
-timesteps exact, sigmas and 10-step trajectories to float32 rounding, stochastic steps fed the same noise;
-the scheduler table; whole tiny-sd2 text-to-image runs with dpm++2m and euler_a."""
+"""DDPM, DPM-Solver++(2M), Euler ancestral and DDIM/DDPM/DPM with dynamic thresholding: parity with diffusers
+0.42 (tests/reference/make_scheduler_refs.py): timesteps exact, sigmas and 10-step trajectories to float32
+rounding, stochastic steps fed the same noise; the scheduler table; whole tiny-sd2 text-to-image runs with dpm++2m
+and euler_a."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ from jstyle.schedulers import (
     EulerAncestralDiscreteScheduler,
     get_scheduler,
 )
-from jstyle.schedulers.common import step_noise
+from jstyle.schedulers.common import step_noise, threshold_sample
 
 from .conftest import cache_dir, run_reference
 
 SCRIPT = Path(__file__).resolve().parents[1] / "reference" / "make_scheduler_refs.py"
-CLASSES = {cls.__name__: cls for cls in (DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler)}
+CLASSES = {cls.__name__: cls for cls in (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                                         EulerAncestralDiscreteScheduler)}
 CASES = (
     "ddpm_eps", "ddpm_v_smalllog", "ddpm_x0_large_cos",
     "dpm_eps", "dpm_v_leading", "dpm_x0_trailing_sigmamin", "dpm_order1_cos_clipped",
+    "ddim_eps_thresh", "ddim_v_thresh_trailing", "ddpm_eps_thresh", "dpm_eps_thresh",
     "euler_a_eps", "euler_a_v_leading", "euler_a_eps_trailing",
 )
 # Scalar coefficients are rounded to float32 in diffusers' order; what remains is float32 operation order
@@ -120,6 +123,19 @@ def test_trajectory_matches_diffusers(name, ref):
         assert rel_err(sched.get_velocity(clean, noise, r["add_noise_t"]).numpy(), r["velocity"]) <= TRAJ_RTOL
 
 
+def test_threshold_sample_matches_numpy_quantile():
+    """Per-sample s = clamp(quantile(|x|, 0.9), 1, 2.5): one sample below 1 (plain clip), one inside, one above"""
+    rng = np.random.default_rng(2)
+    scales = np.array([0.3, 1.3, 6.0], np.float32)[:, None, None, None]
+    x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32) * scales
+    s = np.clip(np.quantile(np.abs(x.reshape(3, -1)), 0.9, axis=1), 1.0, 2.5)  # numpy's default = torch's linear
+    assert s[0] == 1.0 and 1.0 < s[1] < 2.5 and s[2] == 2.5
+    expected = np.clip(x, -s[:, None, None, None], s[:, None, None, None]) / s[:, None, None, None]
+    out = threshold_sample(jt.array(x), 0.9, 2.5).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    assert np.abs(out).max() <= 1.0
+
+
 def test_dpm_state_resets_with_set_timesteps():
     """A second run after set_timesteps must not reuse the first run's model outputs (same result twice)."""
     sched = get_scheduler("dpm++2m", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012})
@@ -160,7 +176,8 @@ def test_scheduler_table_and_errors():
         ("dpm++2m", {"solver_order": 3}, "solver_order"),
         ("dpm++2m", {"solver_type": "heun"}, "solver_type"),
         ("ddpm", {"variance_type": "learned_range"}, "variance_type"),
-        ("ddpm", {"thresholding": True}, "thresholding"),
+        ("ddpm", {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+        ("ddim", {"trained_betas": [0.1]}, "trained_betas"),
         ("euler_a", {"prediction_type": "sample"}, "prediction_type"),
         ("euler_a", {"beta_schedule": "sigmoid"}, "beta_schedule"),
         ("ddpm", {"timestep_spacing": "karras"}, "timestep_spacing"),

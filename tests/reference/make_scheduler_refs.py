@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import (
+    DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -27,6 +28,8 @@ from diffusers import (
 from diffusers.schedulers import scheduling_ddpm, scheduling_euler_ancestral_discrete
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+# dynamic thresholding: s between 1 and 1.5, so some steps clip at 1 and some rescale by the quantile
+THRESH = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5)
 # name -> (class, kwargs, noise): noise "given" = a list of arrays, "rng" = numpy default_rng(5) draws
 CASES = {
     "ddpm_eps": (DDPMScheduler, dict(**SD, clip_sample=False, steps_offset=1), "given"),
@@ -43,6 +46,11 @@ CASES = {
         lower_order_final=False), None),
     "dpm_order1_cos_clipped": (DPMSolverMultistepScheduler, dict(beta_schedule="squaredcos_cap_v2", solver_order=1,
                                                                  lambda_min_clipped=-5.1), None),
+    "ddim_eps_thresh": (DDIMScheduler, dict(**SD, **THRESH, steps_offset=1), None),
+    "ddim_v_thresh_trailing": (DDIMScheduler, dict(**SD, **THRESH, prediction_type="v_prediction",
+                                                   timestep_spacing="trailing"), None),
+    "ddpm_eps_thresh": (DDPMScheduler, dict(**SD, **THRESH), "given"),
+    "dpm_eps_thresh": (DPMSolverMultistepScheduler, dict(**SD, **THRESH), None),
     "euler_a_eps": (EulerAncestralDiscreteScheduler, dict(**SD), "given"),
     "euler_a_v_leading": (EulerAncestralDiscreteScheduler, dict(**SD, prediction_type="v_prediction",
                                                                 timestep_spacing="leading", steps_offset=1), "rng"),
