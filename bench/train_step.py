@@ -3,7 +3,7 @@ batch 1) on the Stable Diffusion 2.1 architecture with the same random weights, 
 diffusers + peft (PyTorch), each in its own env and process. Prints medians, the ratio and peak memory.
 
     bash envs/setup.sh && source envs/env.sh
-    $JSTYLE_PYTHON bench/train_step.py [--latent 32] [--repeats 3]
+    $JSTYLE_PYTHON bench/train_step.py [--latent 32] [--repeats 3] [--gradient-checkpointing]
 
 Uses the random SD2.1 folder of bench/unet_step.py (made once under $JSTYLE_HOME/bench/).
 The issue's target: ratio <= 1.5 on CPU, <= 1.0 on a GPU.
@@ -22,7 +22,7 @@ from _sd21 import emit, peak_rss_mb, timed  # noqa: E402
 from unet_step import checker_with_folder, collect, sd21_folder  # noqa: E402
 
 
-def jstyle_side(folder: Path, latent: int, repeats: int) -> None:
+def jstyle_side(folder: Path, latent: int, repeats: int, checkpointing: bool) -> None:
     import jittor as jt
     import numpy as np
 
@@ -30,6 +30,7 @@ def jstyle_side(folder: Path, latent: int, repeats: int) -> None:
     from jstyle import lora as L
     from jstyle.loading import load_model
     from jstyle.models.unet_2d_condition import UNet2DConditionModel
+    from jstyle.training.checkpointing import enable_gradient_checkpointing
     from jstyle.training.optim import AdamW
 
     rng = np.random.default_rng(0)
@@ -40,6 +41,8 @@ def jstyle_side(folder: Path, latent: int, repeats: int) -> None:
     for p in unet.parameters():
         if id(p) not in ids:
             p.stop_grad()
+    if checkpointing:
+        enable_gradient_checkpointing(unet)
     unet.train()
     opt = AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     x = jt.array(rng.standard_normal((1, 4, latent, latent)).astype(np.float32))
@@ -63,20 +66,22 @@ def main() -> int:
     p.add_argument("--latent", type=int, default=32, help="latent size (32 = 256 px, 64 = 512 px)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="both sides recompute block activations")
     p.add_argument("--jstyle-side", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     folder = sd21_folder()
     if args.jstyle_side:
-        jstyle_side(folder, args.latent, args.repeats)
+        jstyle_side(folder, args.latent, args.repeats, args.gradient_checkpointing)
         return 0
     checker = checker_with_folder(folder)
     ref = collect([checker, str(HERE / "_diffusers_train_step.py"), str(folder), str(args.latent), str(args.repeats),
-                   str(args.threads), "0"])
+                   str(args.threads), str(int(args.gradient_checkpointing))])
     ours = collect([sys.executable, __file__, "--jstyle-side", "--latent", str(args.latent),
-                    "--repeats", str(args.repeats)])
+                    "--repeats", str(args.repeats)] + ["--gradient-checkpointing"] * args.gradient_checkpointing)
     r, o = ref["train_step"]["median_s"], ours["train_step"]["median_s"]
     print(f"SD2.1 architecture, random weights, latent {args.latent}x{args.latent}, LoRA rank 4 "
-          f"({ours['lora_params']} vs {ref['lora_params']} trainable), median of {args.repeats}")
+          f"({ours['lora_params']} vs {ref['lora_params']} trainable), median of {args.repeats}, gradient "
+          f"checkpointing {'on' if args.gradient_checkpointing else 'off'}")
     print(f"train step: diffusers+peft {r:.3f} s, jstyle {o:.3f} s, ratio {o / r:.2f} "
           f"(jstyle first step {ours['train_step']['first_s']:.1f} s, compiles included)")
     print(f"peak RSS MB: diffusers+peft {ref['peak_rss_mb']}, jstyle {ours['peak_rss_mb']} "

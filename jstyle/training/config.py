@@ -62,6 +62,7 @@ class LoRATrainConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float | None = None  # None = no clipping
     mixed_precision: str = "no"  # fp16: frozen base in float16 (CUDA), LoRA and loss in float32
+    gradient_checkpointing: bool = False  # recompute UNet block activations in the backward pass (less memory)
     seed: int = 0
     # output
     output_dir: str = "lora_out"
@@ -136,7 +137,8 @@ class LoRATrainConfig:
 
 
 # Fields a resumed run may change: where things go and how they are shown, not what is learned.
-RESUME_FREE_FIELDS = ("output_dir", "resume", "progress", "checkpointing_steps", "extras", "class_dir")
+RESUME_FREE_FIELDS = ("output_dir", "resume", "progress", "checkpointing_steps", "extras", "class_dir",
+                      "gradient_checkpointing")
 
 _TEXT_QKVO = ("q_proj", "k_proj", "v_proj", "out_proj")
 PRESETS: dict[str, dict[str, Any]] = {

@@ -26,6 +26,7 @@ import numpy as np
 from .. import lora as L
 from ..errors import ConfigError, InputError
 from ..schedulers import DDIMScheduler
+from .checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
 from .config import RESUME_FREE_FIELDS, LoRATrainConfig
 from .dataset import Example, augment, ensure_class_images, load_style_examples
 from .optim import AdamW, clip_grad_norm, global_norm, lr_at
@@ -83,6 +84,10 @@ class LoRATrainer:
             for p in model.parameters():
                 if id(p) not in lora_ids:
                     p.stop_grad()
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.models["unet"])
+        else:
+            disable_gradient_checkpointing(self.models["unet"])
         self.params: list[jt.Var] = []
         self.lr_scale: list[float] = []
         for comp, model in self.lora_models.items():

@@ -113,6 +113,21 @@ def test_resume_equals_uninterrupted_and_rejects_another_config(pipe, style_dir,
     L.remove_lora(pipe.unet)
 
 
+def test_gradient_checkpointing_trains_the_same_lora(pipe, style_dir, tmp_path):
+    from jstyle.training.checkpointing import is_gradient_checkpointing
+
+    kw = dict(max_train_steps=2, learning_rate=1e-3)
+    plain = LoRATrainer(pipe, config(style_dir, tmp_path / "a", **kw)).train()
+    tr = LoRATrainer(pipe, config(style_dir, tmp_path / "b", gradient_checkpointing=True, **kw))
+    assert is_gradient_checkpointing(pipe.unet)
+    a, b = L.read_lora_file(plain), L.read_lora_file(tr.train())
+    diffs = [np.abs(pa.B - b.layers["unet"][n].B).max() for n, pa in a.layers["unet"].items()]
+    assert max(np.abs(p.B).max() for p in a.layers["unet"].values()) > 1e-4 and max(diffs) < 1e-7
+    LoRATrainer(pipe, config(style_dir, tmp_path / "c", **kw))
+    assert not is_gradient_checkpointing(pipe.unet)  # a later trainer without it turns it off
+    L.remove_lora(pipe.unet)
+
+
 def test_prior_preservation_loss_by_hand(pipe, style_dir, tmp_path):
     cfg = config(style_dir, tmp_path, prior_preservation=True, num_class_images=2, class_inference_steps=2,
                  prior_loss_weight=0.5, instance_template="an image of {obj} in style_{id}")

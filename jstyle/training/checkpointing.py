@@ -1,0 +1,133 @@
+"""Gradient checkpointing for Jittor modules: keep a block's inputs, drop its activations after the forward pass
+and recompute them when the backward pass reaches the block (Chen et al. 2016, "Training deep nets with
+sublinear memory cost"). Jittor has no built-in one; this is a `jt.Function` whose `grad` re-runs the block.
+
+    enable_gradient_checkpointing(unet)   # as diffusers' unet.enable_gradient_checkpointing()
+    disable_gradient_checkpointing(unet)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jittor as jt
+from jittor import nn
+
+from ..errors import ConfigError
+
+__all__ = ["checkpoint", "enable_gradient_checkpointing", "disable_gradient_checkpointing",
+           "is_gradient_checkpointing"]
+
+_ORIGINAL = "_jstyle_checkpoint_original_execute"
+
+
+def _rng_owners(module: nn.Module) -> list[Any]:
+    """LoRA layers inside `module` that draw dropout masks from a numpy generator (see jstyle.lora)."""
+    return [m for m in module.modules() if getattr(m, "_rng", None) is not None and getattr(m, "dropout", 0) > 0]
+
+
+def _check_no_random_dropout(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Dropout) and m.p > 0 and m.is_training():
+            raise ConfigError(f"gradient checkpointing: {type(module).__name__} has dropout p={m.p}, whose masks "
+                              "cannot be drawn again when recomputing; set dropout to 0 or turn checkpointing off")
+
+
+class _Recompute(jt.Function):
+    """Forward: run `fn` and return its output alone (no graph kept behind it). Backward: run `fn` again on the
+    saved inputs, once the output's gradient exists, and return the gradients of the inputs and `params`."""
+
+    def __init__(self, fn: Callable[..., jt.Var], n_inputs: int, rng_owners: list[Any]):
+        self.fn, self.n_inputs, self.rng_owners = fn, n_inputs, rng_owners
+
+    def execute(self, *args: jt.Var) -> jt.Var:
+        inputs = args[: self.n_inputs]
+        self.saved = [x.detach() for x in inputs]
+        self.requires = [not x.is_stop_grad() for x in inputs]
+        self.rng_states = [m._rng.bit_generator.state for m in self.rng_owners]
+        return self.fn(*inputs).detach()
+
+    def grad(self, grad_output: jt.Var | None) -> list[jt.Var | None]:
+        n = self.n_inputs
+        params = list(self.params)
+        if grad_output is None:
+            return [None] * (n + len(params))
+        # The recomputed inputs depend on the gradient (by a zero), so Jittor cannot run the recomputation
+        # before the backward pass arrives here, which would keep its activations alive as long as before.
+        anchor = (grad_output.reshape(-1)[:1].sum() * 0).stop_grad()
+        inputs = [(x + anchor.cast(x.dtype)) if r else x for x, r in zip(self.saved, self.requires, strict=True)]
+        after = [m._rng.bit_generator.state for m in self.rng_owners]
+        for m, state in zip(self.rng_owners, self.rng_states, strict=True):
+            m._rng.bit_generator.state = state  # the same dropout masks as in the forward pass
+        with jt.enable_grad():
+            out = self.fn(*inputs)
+        for m, state in zip(self.rng_owners, after, strict=True):
+            m._rng.bit_generator.state = state
+        wrt = [x for x, r in zip(inputs, self.requires, strict=True) if r] + params
+        grads = iter(jt.grad((out * grad_output.detach()).sum(), wrt)) if wrt else iter(())
+        return [next(grads) if r else None for r in self.requires] + [next(grads) for _ in params]
+
+
+def checkpoint(fn: Callable[..., jt.Var], inputs: Sequence[jt.Var], params: Sequence[jt.Var],
+               rng_owners: Sequence[Any] = ()) -> jt.Var:
+    """fn(*inputs) without keeping its activations; `params` are the trainable weights fn uses."""
+    if jt.flags.no_grad or not (params or any(not x.is_stop_grad() for x in inputs)):
+        return fn(*inputs)
+    op = _Recompute(fn, len(inputs), list(rng_owners))
+    op.params = list(params)
+    return op(*inputs, *params)
+
+
+def _checkpointed(module: nn.Module, original: Callable[..., jt.Var]) -> Callable[..., jt.Var]:
+    def execute(*args: Any, **kwargs: Any) -> jt.Var:
+        if not module.is_training() or jt.flags.no_grad:
+            return original(*args, **kwargs)
+        _check_no_random_dropout(module)
+        slots = [("a", i) for i, a in enumerate(args) if isinstance(a, jt.Var)]
+        slots += [("k", k) for k, v in kwargs.items() if isinstance(v, jt.Var)]
+        tensors = [args[i] if kind == "a" else kwargs[i] for kind, i in slots]
+
+        def run(*xs: jt.Var) -> jt.Var:  # the block with its tensor arguments (args and kwargs) replaced
+            a, kw = list(args), dict(kwargs)
+            for (kind, i), x in zip(slots, xs, strict=True):
+                if kind == "a":
+                    a[i] = x
+                else:
+                    kw[i] = x
+            return original(*a, **kw)
+
+        params = [p for p in module.parameters() if not p.is_stop_grad()]
+        return checkpoint(run, tensors, params, _rng_owners(module))
+
+    return execute
+
+
+def _targets(model: nn.Module) -> list[nn.Module]:
+    from ..models.resnet import ResnetBlock2D
+    from ..models.transformer_2d import Transformer2DModel
+
+    return [m for m in model.modules() if isinstance(m, (ResnetBlock2D, Transformer2DModel))]
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Checkpoint every ResNet block and transformer (attention) block of `model` while it is in train mode,
+    as diffusers does per block; returns how many blocks. Inference (eval mode, no_grad) is unchanged."""
+    blocks = _targets(model)
+    for m in blocks:
+        if _ORIGINAL not in m.__dict__:
+            original = m.execute
+            setattr(m, _ORIGINAL, original)
+            m.execute = _checkpointed(m, original)
+    return len(blocks)
+
+
+def disable_gradient_checkpointing(model: nn.Module) -> None:
+    for m in _targets(model):
+        if _ORIGINAL in m.__dict__:
+            del m.execute
+            delattr(m, _ORIGINAL)
+
+
+def is_gradient_checkpointing(model: nn.Module) -> bool:
+    return any(_ORIGINAL in m.__dict__ for m in _targets(model))
