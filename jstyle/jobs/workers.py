@@ -8,12 +8,15 @@ that dies has its task re-queued (it counts as an attempt) and is replaced. Noth
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import multiprocessing as mp
 import os
 import queue
+import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -27,7 +30,8 @@ from ..errors import ConfigError
 from .graph import Task, TaskGraph
 from .manifest import Manifest
 
-__all__ = ["WorkerContext", "RunReport", "parse_workers", "run_graph", "keep_running_when_children_die"]
+__all__ = ["WorkerContext", "RunReport", "parse_workers", "run_graph", "keep_running_when_children_die",
+           "remove_stale_temps"]
 
 
 @dataclass
@@ -131,6 +135,33 @@ def _run_one(fn: Callable, task: Task, ctx: WorkerContext) -> tuple[str, Any, fl
         style_log.close()
 
 
+# temp names of the atomic writers (".<name>.tmp", tempfile's ".<name>.XXXXXXXX[.png|.tmp]" files and dirs)
+_TEMP_NAME = re.compile(r"^\..+\.(tmp|[a-z0-9_]{8}(\.png|\.tmp)?)$")
+
+
+def remove_stale_temps(out_dir: Path, min_age_s: float = 60.0) -> list[Path]:
+    """Delete temp files and folders that a killed run left under `out_dir` (untouched for `min_age_s`, so a
+    writer still at work elsewhere keeps its own); returns what was removed."""
+    removed, now = [], time.time()
+    for path in sorted(Path(out_dir).rglob(".*"), key=lambda p: -len(p.parts)):
+        if not _TEMP_NAME.match(path.name) or not path.exists() or now - path.lstat().st_mtime < min_age_s:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel SIGKILLs this process when its parent dies (prctl PR_SET_PDEATHSIG), GIL or not."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the watcher thread below still ends orphans
+
+
 def _watch_parent(parent: int) -> None:
     while True:  # no orphans: a worker whose parent is gone (even SIGKILLed) exits at once
         if os.getppid() != parent:
@@ -141,6 +172,9 @@ def _watch_parent(parent: int) -> None:
 def _worker_main(worker: str, execute: str, out_dir: str, config: dict, inbox, results, parent: int) -> None:
     if worker.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = worker.split(":")[1]  # before anything imports jittor
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(3)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     fn = _load(execute)
     ctx = _context(worker, Path(out_dir), config)
@@ -255,6 +289,7 @@ def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str
     keep_running_when_children_die()
     out_dir = Path(out_dir)
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
     manifest = Manifest(out_dir / "manifest.json", config if manifest_config is None else manifest_config)
     started = time.perf_counter()
     done = {t.key for t in graph.tasks if manifest.is_done(t)}

@@ -110,6 +110,26 @@ def test_rerun_skips_done_and_redoes_changed_config_or_damaged_outputs(tmp_path)
     assert len(changed.done) == 5 and changed.already_done == []
 
 
+def test_stale_temps_of_a_killed_run_are_removed(tmp_path):
+    """Temps of the atomic writers (images, manifest, LoRA files, trainer folders, class images) older than a
+    minute go at the next run; a fresh temp (a writer still at work) and other files stay."""
+    stale = [tmp_path / "00" / ".Cat.png.4242.tmp", tmp_path / ".manifest.json.k2j4_x9a.tmp",
+             tmp_path / "work" / "00" / "ckpt" / ".pytorch_lora_weights.safetensors.ab12cd34.tmp",
+             tmp_path / "work" / "00" / "class" / ".0001.png.zz9yy8xx.png", tmp_path / "work" / ".final.q1w2e3r4"]
+    keep = [tmp_path / "00" / ".Dog.png.4343.tmp", tmp_path / "00" / ".notes", tmp_path / "00" / "Cow.png"]
+    for path in stale + keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    (tmp_path / "work" / ".final.q1w2e3r4").unlink()
+    (tmp_path / "work" / ".final.q1w2e3r4").mkdir()
+    (tmp_path / "work" / ".final.q1w2e3r4" / "adapter.safetensors").write_text("x")
+    old = time.time() - 3600
+    for path in [*stale, tmp_path / "00" / ".notes", tmp_path / "00" / "Cow.png"]:
+        os.utime(path, (old, old))
+    assert run_graph(plan(styles=("00",)), TOY, out_dir=tmp_path, config={}, workers=["cpu:0"], progress=False).ok
+    assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in keep)
+
+
 DRIVER = """
 import sys
 sys.path[:0] = [{root!r}, {tests!r}]
