@@ -46,7 +46,8 @@ class _Recompute(jt.Function):
         self.saved = [x.detach() for x in inputs]
         self.requires = [not x.is_stop_grad() for x in inputs]
         self.rng_states = [m._rng.bit_generator.state for m in self.rng_owners]
-        return self.fn(*inputs).detach()
+        with jt.no_grad():  # no graph behind the output
+            return self.fn(*inputs)
 
     def grad(self, grad_output: jt.Var | None) -> list[jt.Var | None]:
         n = self.n_inputs
