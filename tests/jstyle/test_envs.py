@@ -25,3 +25,20 @@ def test_jstyle_import_graph_has_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(names) >= 8  # the package really was walked
+
+
+def test_env_sh_turns_on_huge_page_malloc_once_and_respects_the_user():
+    from pathlib import Path
+
+    env_sh = Path(__file__).resolve().parents[2] / "envs" / "env.sh"
+
+    def tunables(prefix: str) -> str:
+        cmd = f'{prefix} source "{env_sh}"; source "{env_sh}"; printf %s "$GLIBC_TUNABLES"'
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+                              check=True).stdout
+
+    assert tunables("") == "glibc.malloc.hugetlb=1"  # sourced twice, added once
+    assert tunables("export GLIBC_TUNABLES=glibc.malloc.arena_max=2;") == \
+        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert tunables("export GLIBC_TUNABLES=glibc.malloc.hugetlb=0;") == "glibc.malloc.hugetlb=0"
+    assert tunables("export JSTYLE_THP=0;") == ""
