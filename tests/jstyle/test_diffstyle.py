@@ -114,3 +114,21 @@ def test_cli_writes_images_and_skips_existing(setup, tiny_ref, tmp_path):
     mtime = out.stat().st_mtime_ns
     assert ds.main(args) == 0 and out.stat().st_mtime_ns == mtime
     assert ds.main([*args[:-2], "--gamma", "3"]) == 2
+
+
+def test_dt_lambda_scales_the_direction_only_from_t_950(setup):
+    """20 steps start at t = 951 (dt_lambda applies to that step); 10 steps start at t = 901 (it never does).
+    With dt_lambda 1 the sampler is plain DDIM."""
+    pipe, _, _ = setup
+    ctx = pipe.encode_prompt("")
+    x = jt.array(np.random.default_rng(4).standard_normal((1, 4, 2, 2)).astype(np.float32))
+
+    def run(steps: int, start: int, lam: float) -> np.ndarray:
+        cfg = ds.DiffStyleConfig(gamma=0.0, t_boost=0, steps=steps, start_step=start, dt_lambda=lam)
+        return ds._sample(pipe, x, ctx, {}, cfg).numpy()
+
+    plain = run(20, 20, 1.0)
+    # measured 1.7e-3 on values up to 2.5: the random tiny UNet amplifies float32 coefficient rounding from t=951
+    np.testing.assert_allclose(plain, ddim_sample(pipe, x, ctx, 20, 20).numpy(), atol=5e-3)
+    assert np.abs(run(20, 20, 0.5) - plain).max() > 0.5  # measured 1.07: the t = 951 direction term halved
+    np.testing.assert_array_equal(run(10, 10, 0.5), run(10, 10, 1.0))
