@@ -119,6 +119,7 @@ class StableDiffusion:
                     uncond, cond = out.chunk(2)
                     out = uncond + guidance_scale * (cond - uncond)  # CFG: e_u + w (e_c - e_u)
                 latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
+                latents.sync()  # run each step now: an honest progress bar and a graph of one step at a time
         return self.decode_latents(latents)
 
     def encode_images(self, images: jt.Var, generator: np.random.Generator | None = None) -> jt.Var:
