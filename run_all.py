@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default 7.5)")
     p.add_argument("--seed", type=int, help="seed of every stage (default 0)")
     p.add_argument("--train-steps", type=int, help="LoRA steps (default: the preset's, 500 for baseline)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="LoRA training recomputes UNet blocks in the backward pass (less memory; same LoRA)")
     p.add_argument("--strength", type=float, help="SDEdit strength (default 0.9)")
     p.add_argument("--sdedit-steps", type=int, help="SDEdit steps (default 40)")
     p.add_argument("--styleid-steps", type=int, help="StyleID / DiffStyle DDIM steps (default 50)")

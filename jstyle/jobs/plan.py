@@ -30,7 +30,7 @@ GENERATES = ("dreambooth", "styleid", "styleid_dreambooth", "diffstyle")
 INJECTS = ("styleid", "styleid_dreambooth", "sdedit", "diffstyle")
 REFERENCE_RULES = ("first", "nearest")
 # settings that do not change any output (left out of the manifest's config hash)
-RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress")
+RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "gradient_checkpointing")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class RunConfig:
     seed: int = 0
     train_steps: int | None = None  # None = the preset's
     train_size: int | None = None  # None = size
+    gradient_checkpointing: bool = False  # LoRA training: recompute UNet blocks (less memory, same result)
     strength: float = 0.9  # SDEdit
     sdedit_steps: int = 40
     styleid_steps: int = 50  # StyleID and DiffStyle DDIM steps (the noisiest, t = 981, is skipped)

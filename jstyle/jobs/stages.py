@@ -67,7 +67,8 @@ def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any
 
     out = (ctx.out_dir / lora_path(task.style)).parent
     overrides: dict[str, Any] = dict(style_dir=str(Path(cfg.data) / task.style), output_dir=str(out),
-                                     resolution=cfg.train_size or cfg.size, seed=cfg.seed, progress=False)
+                                     resolution=cfg.train_size or cfg.size, seed=cfg.seed, progress=False,
+                                     gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.train_steps is not None:
         overrides["max_train_steps"] = cfg.train_steps
     train_lora(preset(cfg.preset, **overrides), pipe=pipe)

@@ -45,6 +45,9 @@ def test_plan_per_method(method, stages, deps):
 def test_config_hash_ignores_runtime_knobs_and_prompts_follow_the_preset():
     a = RunConfig(data="d", model="m", out="o1", devices="cpu:2")
     assert a.hashed() == RunConfig(data="d", model="m", out="o2", devices="0,1").hashed()
+    assert a.hashed() == RunConfig(data="d", model="m", out="o1", gradient_checkpointing=True).hashed()
+    assert run_all.settings(run_all.parse_args(["--gradient-checkpointing"]))["gradient_checkpointing"] is True
+    assert "gradient_checkpointing" not in run_all.settings(run_all.parse_args([]))
     assert a.hashed() != RunConfig(data="d", model="m", out="o1", seed=1).hashed()
     assert a.prompt("03", "Cat") == "Cat in style_03"
     assert RunConfig(data="d", model="m", out="o", preset="strong").prompt("03", "Cat") == "an image of Cat in style_03"
