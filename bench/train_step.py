@@ -30,7 +30,7 @@ def jstyle_side(folder: Path, latent: int, repeats: int, checkpointing: bool) ->
     from jstyle import lora as L
     from jstyle.loading import load_model
     from jstyle.models.unet_2d_condition import UNet2DConditionModel
-    from jstyle.training.checkpointing import enable_gradient_checkpointing
+    from jstyle.training.checkpointing import enable_gradient_checkpointing, run_backward
     from jstyle.training.optim import AdamW
 
     rng = np.random.default_rng(0)
@@ -51,7 +51,9 @@ def jstyle_side(folder: Path, latent: int, repeats: int, checkpointing: bool) ->
 
     def step():
         loss = ((unet(x, 500, ctx) - target) ** 2).mean()
-        opt.step(jt.grad(loss, params))
+        grads = jt.grad(loss, params)
+        run_backward(unet, grads)  # with checkpointing: block by block, as LoRATrainer does
+        opt.step(grads)
         jt.sync(params)
         return loss
 

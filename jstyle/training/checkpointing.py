@@ -17,9 +17,18 @@ from jittor import nn
 from ..errors import ConfigError
 
 __all__ = ["checkpoint", "enable_gradient_checkpointing", "disable_gradient_checkpointing",
-           "is_gradient_checkpointing"]
+           "is_gradient_checkpointing", "run_backward"]
 
 _ORIGINAL = "_jstyle_checkpoint_original_execute"
+_TAPE = "_jstyle_checkpoint_tape"
+
+
+class _Tape:
+    """Per-block gradients of the last backward pass, in the order jt.grad made them (last block first)."""
+
+    def __init__(self) -> None:
+        self.forward_count = 0
+        self.entries: list[tuple[int, list[jt.Var | None]]] = []  # (forward position, gradients)
 
 
 def _rng_owners(module: nn.Module) -> list[Any]:
@@ -38,14 +47,17 @@ class _Recompute(jt.Function):
     """Forward: run `fn` and return its output alone (no graph kept behind it). Backward: run `fn` again on the
     saved inputs, once the output's gradient exists, and return the gradients of the inputs and `params`."""
 
-    def __init__(self, fn: Callable[..., jt.Var], n_inputs: int, rng_owners: list[Any]):
-        self.fn, self.n_inputs, self.rng_owners = fn, n_inputs, rng_owners
+    def __init__(self, fn: Callable[..., jt.Var], n_inputs: int, rng_owners: list[Any], tape: _Tape | None = None):
+        self.fn, self.n_inputs, self.rng_owners, self.tape = fn, n_inputs, rng_owners, tape
 
     def execute(self, *args: jt.Var) -> jt.Var:
         inputs = args[: self.n_inputs]
         self.saved = [x.detach() for x in inputs]
         self.requires = [not x.is_stop_grad() for x in inputs]
         self.rng_states = [m._rng.bit_generator.state for m in self.rng_owners]
+        if self.tape is not None:
+            self.tape.forward_count += 1
+            self.position = self.tape.forward_count
         with jt.no_grad():  # no graph behind the output
             return self.fn(*inputs)
 
@@ -66,25 +78,34 @@ class _Recompute(jt.Function):
         for m, state in zip(self.rng_owners, after, strict=True):
             m._rng.bit_generator.state = state
         wrt = [x for x, r in zip(inputs, self.requires, strict=True) if r] + params
-        grads = iter(jt.grad((out * grad_output.detach()).sum(), wrt)) if wrt else iter(())
+        # stop_grad: nothing differentiates these again, and Jittor keeps the graph (and the recomputed
+        # activations) behind any gradient-carrying variable alive
+        grads = [g.stop_grad() for g in jt.grad((out * grad_output.detach()).sum(), wrt)] if wrt else []
+        if self.tape is not None:
+            self.tape.entries.append((self.position, grads))  # for run_backward(): block by block
+        grads = iter(grads)
         return [next(grads) if r else None for r in self.requires] + [next(grads) for _ in params]
 
 
 def checkpoint(fn: Callable[..., jt.Var], inputs: Sequence[jt.Var], params: Sequence[jt.Var],
-               rng_owners: Sequence[Any] = ()) -> jt.Var:
-    """fn(*inputs) without keeping its activations; `params` are the trainable weights fn uses."""
+               rng_owners: Sequence[Any] = (), tape: _Tape | None = None) -> jt.Var:
+    """fn(*inputs) without keeping its activations; `params` are the trainable weights fn uses. With a `tape`
+    , the backward pass's per-block gradients are recorded there for `run_backward`."""
     if jt.flags.no_grad or not (params or any(not x.is_stop_grad() for x in inputs)):
         return fn(*inputs)
-    op = _Recompute(fn, len(inputs), list(rng_owners))
+    op = _Recompute(fn, len(inputs), list(rng_owners), tape)
     op.params = list(params)
     return op(*inputs, *params)
 
 
-def _checkpointed(module: nn.Module, original: Callable[..., jt.Var]) -> Callable[..., jt.Var]:
+def _checkpointed(module: nn.Module, original: Callable[..., jt.Var], tape: _Tape) -> Callable[..., jt.Var]:
     def execute(*args: Any, **kwargs: Any) -> jt.Var:
         if not module.is_training() or jt.flags.no_grad:
             return original(*args, **kwargs)
         _check_no_random_dropout(module)
+        if tape.entries:  # a new forward pass: drop what an earlier backward left (never more than one)
+            tape.entries.clear()
+            tape.forward_count = 0
         slots = [("a", i) for i, a in enumerate(args) if isinstance(a, jt.Var)]
         slots += [("k", k) for k, v in kwargs.items() if isinstance(v, jt.Var)]
         tensors = [args[i] if kind == "a" else kwargs[i] for kind, i in slots]
@@ -99,7 +120,7 @@ def _checkpointed(module: nn.Module, original: Callable[..., jt.Var]) -> Callabl
             return original(*a, **kw)
 
         params = [p for p in module.parameters() if not p.is_stop_grad()]
-        return checkpoint(run, tensors, params, _rng_owners(module))
+        return checkpoint(run, tensors, params, _rng_owners(module), tape)
 
     return execute
 
@@ -115,15 +136,35 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     """Checkpoint every ResNet block and transformer (attention) block of `model` while it is in train mode,
     as diffusers does per block; returns how many blocks. Inference (eval mode, no_grad) is unchanged."""
     blocks = _targets(model)
+    tape = model.__dict__.setdefault(_TAPE, _Tape())
     for m in blocks:
         if _ORIGINAL not in m.__dict__:
             original = m.execute
             setattr(m, _ORIGINAL, original)
-            m.execute = _checkpointed(m, original)
+            m.execute = _checkpointed(m, original, tape)
     return len(blocks)
 
 
+def run_backward(model: nn.Module, grads: Sequence[jt.Var] = ()) -> None:
+    """Compute the pending backward pass of `model` block by block, last block first, then `grads`.
+
+    Call it after `jt.grad(loss, params)`: Jittor otherwise runs the whole lazy graph at once and keeps the
+    recomputed activations of many blocks alive together. A no-op without gradient checkpointing."""
+    tape = model.__dict__.get(_TAPE)
+    if tape is not None:
+        # jt.grad builds the blocks' gradients in no useful order: run them from the last block in the forward
+        # pass to the first, so that each sync computes one block
+        for _, block_grads in sorted(tape.entries, key=lambda e: -e[0]):
+            if block_grads := [g for g in block_grads if g is not None]:
+                jt.sync(block_grads)
+        tape.entries.clear()
+        tape.forward_count = 0
+    if grads:
+        jt.sync(list(grads))
+
+
 def disable_gradient_checkpointing(model: nn.Module) -> None:
+    model.__dict__.pop(_TAPE, None)
     for m in _targets(model):
         if _ORIGINAL in m.__dict__:
             del m.execute

@@ -26,7 +26,7 @@ import numpy as np
 from .. import lora as L
 from ..errors import ConfigError, InputError
 from ..schedulers import DDIMScheduler
-from .checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing
+from .checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing, run_backward
 from .config import RESUME_FREE_FIELDS, LoRATrainConfig
 from .dataset import Example, augment, ensure_class_images, load_style_examples
 from .optim import AdamW, clip_grad_norm, global_norm, lr_at
@@ -203,6 +203,7 @@ class LoRATrainer:
             b = batches[k] if batches is not None else self.batch(s * accum + k, rng)
             loss = self.compute_loss(b, rng)
             g = jt.grad(loss * (self.loss_scale / accum), self.params)
+            run_backward(self.models["unet"], g)  # with checkpointing: block by block (less memory)
             grads = g if grads is None else [a + c for a, c in zip(grads, g, strict=True)]
             jt.sync(grads)
             total += float(loss.item()) / accum
