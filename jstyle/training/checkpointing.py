@@ -3,6 +3,8 @@ and recompute them when the backward pass reaches the block (Chen et al. 2016, "
 sublinear memory cost"). Jittor has no built-in one; this is a `jt.Function` whose `grad` re-runs the block.
 
     enable_gradient_checkpointing(unet)   # as diffusers' unet.enable_gradient_checkpointing()
+    grads = jt.grad(loss, params)
+    run_backward(unet, grads)             # the backward pass block by block (the memory saving needs it)
     disable_gradient_checkpointing(unet)
 """
 
@@ -24,7 +26,7 @@ _TAPE = "_jstyle_checkpoint_tape"
 
 
 class _Tape:
-    """Per-block gradients of the last backward pass, in the order jt.grad made them (last block first)."""
+    """Per-block gradients of the last backward pass, each with its block's position in the forward pass."""
 
     def __init__(self) -> None:
         self.forward_count = 0
@@ -89,8 +91,8 @@ class _Recompute(jt.Function):
 
 def checkpoint(fn: Callable[..., jt.Var], inputs: Sequence[jt.Var], params: Sequence[jt.Var],
                rng_owners: Sequence[Any] = (), tape: _Tape | None = None) -> jt.Var:
-    """fn(*inputs) without keeping its activations; `params` are the trainable weights fn uses. With a `tape`
-    , the backward pass's per-block gradients are recorded there for `run_backward`."""
+    """fn(*inputs) without keeping its activations; `params` are the trainable weights fn uses.
+    With a `tape`, the gradients the backward pass makes here are recorded for `run_backward`."""
     if jt.flags.no_grad or not (params or any(not x.is_stop_grad() for x in inputs)):
         return fn(*inputs)
     op = _Recompute(fn, len(inputs), list(rng_owners), tape)
@@ -152,8 +154,8 @@ def run_backward(model: nn.Module, grads: Sequence[jt.Var] = ()) -> None:
     recomputed activations of many blocks alive together. A no-op without gradient checkpointing."""
     tape = model.__dict__.get(_TAPE)
     if tape is not None:
-        # jt.grad builds the blocks' gradients in no useful order: run them from the last block in the forward
-        # pass to the first, so that each sync computes one block
+        # from the last block of the forward pass to the first (jt.grad records them in that order; sorted so
+        # as not to rely on it): each sync then computes one block's recomputation and gradients
         for _, block_grads in sorted(tape.entries, key=lambda e: -e[0]):
             if block_grads := [g for g in block_grads if g is not None]:
                 jt.sync(block_grads)
@@ -164,6 +166,7 @@ def run_backward(model: nn.Module, grads: Sequence[jt.Var] = ()) -> None:
 
 
 def disable_gradient_checkpointing(model: nn.Module) -> None:
+    """Undo `enable_gradient_checkpointing`."""
     model.__dict__.pop(_TAPE, None)
     for m in _targets(model):
         if _ORIGINAL in m.__dict__:
@@ -172,4 +175,5 @@ def disable_gradient_checkpointing(model: nn.Module) -> None:
 
 
 def is_gradient_checkpointing(model: nn.Module) -> bool:
+    """Whether any block of `model` is checkpointed."""
     return any(_ORIGINAL in m.__dict__ for m in _targets(model))
