@@ -15,6 +15,7 @@ from .common import (
     TIMESTEP_SPACINGS,
     SchedulerOutput,
     alphas_cumprod,
+    config_from_dict,
     make_betas,
     spaced_timesteps,
     step_noise,
@@ -61,10 +62,7 @@ class DDIMScheduler:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DDIMScheduler:
         """Build from a scheduler_config.json dict (other schedulers' configs are accepted as in diffusers)."""
-        if wanted := [k for k in ("rescale_betas_zero_snr", "trained_betas") if config.get(k)]:
-            raise ConfigError(f"DDIM: {', '.join(wanted)} not supported; remove it from scheduler_config.json")
-        fields = DDIMConfig.__dataclass_fields__
-        return cls(DDIMConfig(**{k: v for k, v in config.items() if k in fields}))
+        return cls(config_from_dict(DDIMConfig, config, "DDIM"))
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         """Choose the sampling timesteps (diffusers' 'leading' / 'trailing' / 'linspace' spacing)."""
