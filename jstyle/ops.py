@@ -11,19 +11,27 @@ import numpy as np
 __all__ = ["silu", "gelu", "quick_gelu", "mean_std", "attention", "randn", "ACTIVATIONS"]
 
 
+# Jittor's exp / sigmoid / erf return float32 for float16 inputs: the activations cast back, so a float16
+# model stays float16 (mixed float32 x float16 matmuls fail on oneDNN and run slowly elsewhere).
+
+
+def _like(y: jt.Var, x: jt.Var) -> jt.Var:
+    return y if y.dtype == x.dtype else y.cast(x.dtype)
+
+
 def silu(x: jt.Var) -> jt.Var:
     """x * sigmoid(x)."""
-    return x * jt.sigmoid(x)
+    return _like(x * jt.sigmoid(x), x)
 
 
 def gelu(x: jt.Var) -> jt.Var:
     """Exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))."""
-    return 0.5 * x * (1.0 + jt.erf(x * (1.0 / math.sqrt(2.0))))
+    return _like(0.5 * x * (1.0 + jt.erf(x * (1.0 / math.sqrt(2.0)))), x)
 
 
 def quick_gelu(x: jt.Var) -> jt.Var:
     """OpenAI CLIP's GELU approximation: x * sigmoid(1.702 x)."""
-    return x * jt.sigmoid(1.702 * x)
+    return _like(x * jt.sigmoid(1.702 * x), x)
 
 
 ACTIVATIONS = {"silu": silu, "swish": silu, "gelu": gelu, "quick_gelu": quick_gelu}
@@ -61,7 +69,7 @@ def attention(
         scores = jt.matmul(query, key.transpose(-1, -2)) * scale
         if mask is not None:
             scores = scores + mask
-        return jt.matmul(jt.nn.softmax(scores, dim=-1), value)
+        return jt.matmul(_like(jt.nn.softmax(scores, dim=-1), value), value)  # fp16: probs in V's dtype (diffusers)
     b, h = query.shape[:2]
     if mask is not None and mask.ndim < 4:
         mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
@@ -76,7 +84,7 @@ def attention(
             if mask is not None:
                 scores = scores + mask[min(i, mask.shape[0] - 1), min(j, mask.shape[1] - 1)]
             e = jt.exp(scores - scores.max(dim=-1, keepdims=True).stop_grad())  # softmax = e / sum(e), shift-free
-            out = jt.matmul(e, value[kv])
+            out = jt.matmul(_like(e, value), value[kv])  # jt.exp gives float32 for float16
             outs.append(out[:, :d] / out[:, d:])
     return jt.stack(outs).reshape(b, h, *outs[0].shape)
 

@@ -104,7 +104,7 @@ class StableDiffusion:
         shape = (len(prompts), self.unet.config.get("in_channels", 4), height // f, width // f)
         if latents is None:
             latents = batch_randn(shape, generator, self.dtype)
-        latents = latents * scheduler.init_noise_sigma
+        latents = latents.cast(self.dtype) * scheduler.init_noise_sigma  # given latents: the model's dtype
         steps = scheduler.timesteps
         if progress:
             from tqdm import tqdm
