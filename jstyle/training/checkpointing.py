@@ -29,6 +29,9 @@ class _Tape:
     """Per-block gradients of the last backward pass, each with its block's position in the forward pass."""
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
         self.forward_count = 0
         self.entries: list[tuple[int, list[jt.Var | None]]] = []  # (forward position, gradients)
 
@@ -106,8 +109,7 @@ def _checkpointed(module: nn.Module, original: Callable[..., jt.Var], tape: _Tap
             return original(*args, **kwargs)
         _check_no_random_dropout(module)
         if tape.entries:  # a new forward pass: drop what an earlier backward left (never more than one)
-            tape.entries.clear()
-            tape.forward_count = 0
+            tape.clear()
         slots = [("a", i) for i, a in enumerate(args) if isinstance(a, jt.Var)]
         slots += [("k", k) for k, v in kwargs.items() if isinstance(v, jt.Var)]
         tensors = [args[i] if kind == "a" else kwargs[i] for kind, i in slots]
@@ -159,8 +161,7 @@ def run_backward(model: nn.Module, grads: Sequence[jt.Var] = ()) -> None:
         for _, block_grads in sorted(tape.entries, key=lambda e: -e[0]):
             if block_grads := [g for g in block_grads if g is not None]:
                 jt.sync(block_grads)
-        tape.entries.clear()
-        tape.forward_count = 0
+        tape.clear()
     if grads:
         jt.sync(list(grads))
 

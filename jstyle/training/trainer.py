@@ -203,7 +203,7 @@ class LoRATrainer:
             b = batches[k] if batches is not None else self.batch(s * accum + k, rng)
             loss = self.compute_loss(b, rng)
             g = jt.grad(loss * (self.loss_scale / accum), self.params)
-            run_backward(self.models["unet"], g)  # with checkpointing: block by block (less memory)
+            run_backward(self.models["unet"])  # with checkpointing: block by block (less memory); synced below
             grads = g if grads is None else [a + c for a, c in zip(grads, g, strict=True)]
             jt.sync(grads)
             total += float(loss.item()) / accum
