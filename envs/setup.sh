@@ -14,6 +14,20 @@ which_envs="${1:-all}"
 case "$which_envs" in jstyle|checker|all) ;; *) echo "usage: bash envs/setup.sh [jstyle|checker|all]" >&2; exit 2;; esac
 
 log() { printf '[envs] %s\n' "$*" >&2; }
+now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }'; }
+timed() {  # LABEL CMD...: run CMD; when it did work (took 3 s or more), print "LABEL: N s"
+  local label="$1" t0 rc=0 secs
+  shift
+  t0="$(now)"
+  set +e
+  (set -e; "$@")  # a subshell with errexit of its own (errexit is ignored under `cmd || ...`)
+  rc=$?
+  set -e
+  secs="$(since "$t0")"
+  [ "$secs" -lt 3 ] || log "$(printf '%-32s %4d s' "$label:" "$secs")"
+  return "$rc"
+}
 
 stamp_of() {  # requirements file -> hash of (requirements, python version)
   { cat "$1"; "$base_python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -c1-16
@@ -99,16 +113,34 @@ wire_onednn() {
   fi
 }
 
+# Each env has its own lock, so the checker env (mostly unpacking torch) installs in the background while
+# the jstyle env's Jittor core compiles; a second set-up on the same machine waits for the first.
+setup_checker() {
+  exec 8>"$JSTYLE_HOME/setup-checker.lock"
+  flock 8
+  timed "checker env" make_env checker "$JSTYLE_CHECKER_ENV" "$here/checker-requirements.txt" jittor
+}
+
+t_total="$(now)"
 mkdir -p "$JSTYLE_HOME"
-exec 9>"$JSTYLE_HOME/setup.lock"
-flock 9
+checker_pid=""
+if [ "$which_envs" = all ]; then
+  setup_checker &
+  checker_pid=$!
+elif [ "$which_envs" = checker ]; then
+  setup_checker
+fi
 if [ "$which_envs" != checker ]; then
-  make_env jstyle "$JSTYLE_ENV" "$here/jstyle-requirements.txt" torch
-  wire_onednn
+  exec 9>"$JSTYLE_HOME/setup-jstyle.lock"
+  flock 9
+  timed "jstyle env" make_env jstyle "$JSTYLE_ENV" "$here/jstyle-requirements.txt" torch
+  timed "oneDNN" wire_onednn
   # env.sh picks use_mkl from the wiring above; re-read it now that the file may exist.
   if [ "$user_use_mkl" = unset ]; then unset use_mkl; source "$here/env.sh"; fi
-  warm_jittor
+  timed "Jittor core" warm_jittor
 fi
-if [ "$which_envs" != jstyle ]; then
-  make_env checker "$JSTYLE_CHECKER_ENV" "$here/checker-requirements.txt" jittor
+if [ -n "$checker_pid" ]; then
+  wait "$checker_pid" || { log "ERROR: checker env set-up failed (see above)"; exit 1; }
 fi
+secs="$(since "$t_total")"
+[ "$secs" -lt 5 ] || log "$(printf '%-32s %4d s' "set-up total:" "$secs")"
