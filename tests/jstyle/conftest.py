@@ -7,10 +7,13 @@ keyed by the script's hash.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MAKE_TINY = ROOT / "tests" / "reference" / "make_tiny.py"
+SERVE = ROOT / "tests" / "reference" / "serve.py"
 
 
 def checker_python() -> str:
@@ -36,14 +40,47 @@ def cache_dir(tmp_path_factory, name: str) -> Path:
     return (Path(home) / "test-cache" if home else tmp_path_factory.getbasetemp()) / name
 
 
-def run_reference(script: Path, *args: str) -> str:
-    """Run a tests/reference script in the checker env; a failure fails the test with its output."""
-    proc = subprocess.run([checker_python(), str(script), *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ""})
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        pytest.fail(f"{script.name} {' '.join(args[:1])} failed in the checker env (exit {proc.returncode})")
-    return proc.stdout
+class ReferenceServer:
+    """One checker-env process (tests/reference/serve.py) that runs every reference script of the session,
+    so torch and diffusers are imported once, not once per script (seconds each on 2 cores)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.log = None
+
+    def run(self, request: dict) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self.log = tempfile.TemporaryFile(mode="w+")  # its C-level output (torch warnings, crashes)
+            self.proc = subprocess.Popen([checker_python(), str(SERVE)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                         env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"})
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if line:
+            return json.loads(line)
+        self.log.seek(0)
+        return {"rc": self.proc.wait(), "stdout": "", "stderr": "reference process died:\n" + self.log.read()[-4000:]}
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+_SERVER = ReferenceServer()
+atexit.register(_SERVER.close)
+
+
+def run_reference(script: Path | None, *args: str, code: str | None = None) -> str:
+    """Run a tests/reference script (or `python -c code`) in the checker env; returns its stdout.
+    A failure fails the test with its output."""
+    reply = _SERVER.run({"script": str(script), "args": list(args)} if script else {"code": code, "args": list(args)})
+    if reply["rc"] != 0:
+        sys.stderr.write(reply["stdout"][-4000:] + reply["stderr"][-4000:])
+        name = script.name if script else "a -c script"
+        pytest.fail(f"{name} {' '.join(args[:1])} failed in the checker env (exit {reply['rc']})")
+    return reply["stdout"]
 
 
 def reference_npz(script: Path, name: str, key: bytes, inputs: dict, model: Path, tmp_path_factory) -> dict:
@@ -82,3 +119,12 @@ def refs(tiny_ref):
         return cache[kind]
 
     return get
+
+
+@pytest.fixture(scope="session", autouse=True)
+def flush_to_zero_from_the_start():
+    """Jittor's first loaded kernel turns flush-to-zero on (see test_numerics.py): load one before any test,
+    so that every test, numpy's arithmetic in it included, runs in that one state whatever the order."""
+    import jittor as jt
+
+    (jt.array(np.arange(3, dtype=np.float32)) * 1.25 + 0.5).sum().sync()

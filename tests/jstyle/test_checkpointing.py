@@ -14,6 +14,8 @@ from jstyle.loading import load_model
 from jstyle.models.unet_2d_condition import UNet2DConditionModel
 from jstyle.training import checkpointing as C
 
+from ..tolerance import assert_close, f32_bound
+
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -64,9 +66,12 @@ def test_same_gradients_with_recomputation(unet, monkeypatch):
     assert max(float(np.abs(g).max()) for g in g0[:-1]) > 1e-4 and float(np.abs(g0[-1]).max()) > 1e-6
     loss2, g2 = gradients(unet, staged=True)  # the backward pass run block by block: the same numbers
     assert loss2 == loss0
-    for a, b, c in zip(g0, g1, g2, strict=True):  # measured: equal, or within 2.3e-9 (fusion order)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-8)
-        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-8)
+    # Recomputed blocks sum in another order: float32 rounding of the longest reduction (1152 terms) on the
+    # gradient's scale (per tensor; elements near 0 come from cancellation, so a relative bound cannot hold).
+    # Measured: equal, or within 3.1e-9 on gradients up to ~1e-3; a lost block's gradient is ~1e-4 or more.
+    for a, b, c in zip(g0, g1, g2, strict=True):
+        assert_close(b, a, atol=f32_bound(1152, np.abs(a).max()), what="checkpointed gradient")
+        assert_close(c, a, atol=f32_bound(1152, np.abs(a).max()), what="block-by-block gradient")
     C.disable_gradient_checkpointing(unet)
     assert not C.is_gradient_checkpointing(unet)
 
@@ -84,8 +89,8 @@ def test_lora_dropout_masks_replayed(unet):
         for layer in L.lora_layers(unet).values():
             layer.dropout = 0.0
     assert max(float(np.abs(a - b).max()) for a, b in zip(g0, g_other, strict=True)) > 1e-4  # masks matter
-    for a, b in zip(g0, g1, strict=True):  # measured: 3.4e-9 at most on gradients of ~1e-3 (summation order)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-8)
+    for a, b in zip(g0, g1, strict=True):  # as above; measured 5.1e-9 at most on gradients of ~1e-3
+        assert_close(b, a, atol=f32_bound(1152, np.abs(a).max()), what="gradient with replayed masks")
 
 
 def test_inference_untouched_and_random_dropout_refused(unet):

@@ -10,6 +10,8 @@ from safetensors.numpy import save_file
 from jstyle.errors import WeightsError
 from jstyle.loading import find_weights, load_model, load_safetensors
 
+from ..tolerance import assert_close
+
 
 class Tiny(nn.Module):
     def __init__(self, width: int):
@@ -47,7 +49,9 @@ def test_roundtrip_fp32_and_fp16_variant(tmp_path):
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), s[k])
     m16 = load_model(Tiny, d, variant="fp16")  # fp16 file widened to the float32 model
-    np.testing.assert_allclose(m16.proj.weight.numpy(), s["proj.weight"], atol=2e-3)
+    # a proof, not a noise estimate: float32 -> float16 rounds to nearest, within 2^-11 relative (normal range)
+    # plus half the smallest float16 subnormal; a wrong file or a byte-order error is off by 100%
+    assert_close(m16.proj.weight.numpy(), s["proj.weight"], rtol=2.0**-11, atol=2.0**-25, what="fp16 variant")
     assert str(m16.proj.weight.dtype) == "float32"
 
 
@@ -60,7 +64,7 @@ def test_bf16_is_widened(tmp_path):
     out = load_safetensors(path)["w"]
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, (bf16.astype(np.uint32) << 16).view(np.float32))
-    np.testing.assert_allclose(out, x, rtol=1e-2)
+    assert_close(out, x, rtol=2.0**-7, what="bf16")  # a proof: truncating to 8 mantissa bits loses < 2^-7 relative
 
 
 def test_truncated_file_is_one_line(tmp_path):

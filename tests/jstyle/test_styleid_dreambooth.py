@@ -12,6 +12,8 @@ from jstyle.methods.reference import choose_reference
 from jstyle.methods.styleid import StyleIDConfig, stylize
 from jstyle.methods.styleid_dreambooth import styleid_dreambooth
 
+from ..tolerance import UINT8, assert_close
+
 CFG = StyleIDConfig(steps=10, start_step=3)
 
 
@@ -56,4 +58,6 @@ def test_function_equals_lora_generation_then_stylize(tiny_ref, tmp_path):
     style = np.asarray(Image.open(tmp_path / "r0.png"))  # rule "first": r0.png, 16 px already
     want = stylize(pipe, np.stack(content), style, CFG)  # StyleID on the base model
     for g, w in zip(got, want):
-        assert np.abs(g.astype(int) - w.astype(int)).max() <= 1
+        # the same computations in another call order: float differences ~1e-5 levels can flip a rounding,
+        # never two (a proof: < 1 level apart); measured 1
+        assert_close(g, w, atol=UINT8, what="styleid_dreambooth vs its two steps")

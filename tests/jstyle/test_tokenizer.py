@@ -3,16 +3,14 @@ unicode, punctuation, empty, literal special tokens, SD2's "!" pad token), every
 (vocab.json + merges.txt, tokenizer.json only, transformers-4 special tokens) and the toy vocabulary."""
 
 import json
-import os
 import shutil
-import subprocess
 
 import pytest
 
 from jstyle.errors import InputError
 from jstyle.tokenizer import CLIPTokenizer, write_toy_vocab
 
-from .conftest import checker_python
+from .conftest import run_reference
 
 PAD_IDS = {"sd1": 49407, "sd2": 0}
 
@@ -51,7 +49,7 @@ def test_missing_files_are_one_line_errors(tmp_path):
         CLIPTokenizer.from_pretrained(tmp_path)
 
 
-# Encoded by transformers in the checker env, in one subprocess: {folder: [ids per text]}.
+# Encoded by transformers in the checker env (the reference process): {folder: [ids per text]}.
 _CHECKER_SCRIPT = """
 import json, sys
 from transformers import CLIPTokenizer
@@ -83,11 +81,7 @@ def test_toy_vocab_and_legacy_folders_match_transformers(tiny_ref, tmp_path):
         folder = shutil.copytree(tiny_ref / kind / "tokenizer", tmp_path / f"legacy_{kind}")
         (folder / "tokenizer.json").unlink()
         folders[str(folder)] = CLIPTokenizer.from_pretrained(folder)
-    proc = subprocess.run(
-        [checker_python(), "-c", _CHECKER_SCRIPT, json.dumps([list(folders), TEXTS])],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""},
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    expected = json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout = run_reference(None, json.dumps([list(folders), TEXTS]), code=_CHECKER_SCRIPT)
+    expected = json.loads(stdout.strip().splitlines()[-1])
     for folder, tok in folders.items():
         assert tok(TEXTS, padding=False)["input_ids"] == expected[folder], folder
