@@ -22,6 +22,18 @@ from checker.clip_r import ClipR, clip_input
 from checker.dino import DinoEmbedder, cosine_matrix, dino_input
 from checker.synthetic import synthetic_image
 from checker.weights import package_file
+from tests.tolerance import assert_close, f32_bound
+
+EPS64 = float(np.finfo(np.float64).eps)
+# Preprocessing, both sides: the same PIL bicubic resize and crop (identical uint8), then elementwise float32
+# x / 255, - mean, / std, cast: <= 4 roundings of values <= 2.7 (|(1 - 0.406) / 0.225|) per element. A bug
+# (bilinear for bicubic, a 1-pixel crop shift, CLIP's mean/std for ImageNet's) is >= 1e-2 on many elements.
+PREPROCESS_ATOL = f32_bound(4, 2.7)  # 1.3e-6
+# CLIP-IQA p = softmax(100 cos)[good]: |dp| <= p (1 - p) 100 |d(cos_good - cos_bad)| <= 25 * 2 |d cos|. A
+# batched or reordered float32 forward moves each cosine (a unit-size value after a 1024-d reduction) by a
+# few roundings: allow 4 eps32 each. A real bug is far larger: feeding the 96x64 image cropped to 64x64
+# moves p by 9e-4, zero-padding it to a shared size by 3e-3, the wrong input scale (x255) by > 0.1.
+CLIP_IQA_ATOL = 25 * 2 * f32_bound(4, 1.0)  # 2.4e-5
 
 CPU = torch.device("cpu")
 
@@ -47,7 +59,8 @@ def test_dino_preprocess_matches_processor() -> None:
     proc = _pil_processor("dino")
     for img in _imgs(0, [(512, 512), (300, 451), (97, 64)]):
         ref = proc(images=Image.fromarray(img), return_tensors="np")["pixel_values"][0]
-        np.testing.assert_allclose(dino_input(img), ref, atol=1e-6)  # same PIL resize, same float math
+        # PREPROCESS_ATOL; measured 0 (bit-identical) here (AMD EPYC, 2 cores); other machine: not measured
+        assert_close(dino_input(img), ref, atol=PREPROCESS_ATOL, what="dino_input vs BitImageProcessor")
 
 
 def test_dino_matches_transformers(dino_model) -> None:
@@ -63,8 +76,16 @@ def test_dino_matches_transformers(dino_model) -> None:
     ref = torch.stack([torch.stack([F.cosine_similarity(gi, rj, dim=0) for rj in r]).mean() for gi in g])
     emb = DinoEmbedder(dino_model, CPU, batch_size=2)
     ours = cosine_matrix(emb(gens), emb(refs)).mean(1).float()
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    assert float(cosine_matrix(emb(refs[:1]), emb(refs[:1]))[0, 0]) == pytest.approx(1.0, abs=1e-6)
+    # Mean of cosines (unit-size) of float32 embeddings that went through the ViT in other batches, and the
+    # reference's float32 F.cosine_similarity over 768 terms: ~sqrt(768) = 28 roundings of size 1 = 3.3e-6;
+    # measured 1.5e-8 here (AMD EPYC, 2 cores); other machine: not measured. A preprocessing bug moves these
+    # random-weight cosines by ~1e-3 (cf. CLIP_IQA_ATOL); pooler_output vs raw CLS by far more.
+    assert_close(ours.numpy(), ref.numpy(), atol=f32_bound(28, 1.0), what="dino score vs transformers")
+    one = emb(refs[:1])
+    # float64 cosine of a vector with itself: 768-term float64 sums, <= 768 eps64 = 1.7e-13 relative;
+    # measured 2.2e-16 here (AMD EPYC, 2 cores); other machine: not measured. A missing normalisation is O(1).
+    assert_close(float(cosine_matrix(one, one)[0, 0]), 1.0, atol=f32_bound(768, 1.0, EPS64),
+                 what="dino self-cosine")
 
 
 def test_clip_tokenizer_matches_openai_bpe(clip_tokenizer) -> None:
@@ -96,7 +117,10 @@ def test_clip_r_matches_transformers(clip_model, clip_tokenizer) -> None:
         order = torch.argsort(logits, descending=True).tolist()
         ref_ranks.append(order.index(cands.index(own)))
         ref_logits.append(logits)
-        np.testing.assert_allclose(clip_input(img), inputs["pixel_values"][0].numpy(), atol=1e-6)
+        # PREPROCESS_ATOL (CLIP's mean/std: values <= 2.2); measured 0 (bit-identical) here (AMD EPYC,
+        # 2 cores); other machine: not measured
+        assert_close(clip_input(img), inputs["pixel_values"][0].numpy(), atol=PREPROCESS_ATOL,
+                     what="clip_input vs CLIPImageProcessor")
     scorer = ClipR(clip_model, clip_tokenizer, CPU, batch_size=2)
     scorer.set_words(prompts + owns)
     logits = scorer.image_logits(imgs)
@@ -104,7 +128,11 @@ def test_clip_r_matches_transformers(clip_model, clip_tokenizer) -> None:
     for i, own in enumerate(owns):
         cands = sorted(set(prompts + [own]))
         idx = [scorer.words.index(c) for c in cands]
-        torch.testing.assert_close(logits[i, idx], ref_logits[i], atol=2e-3, rtol=1e-4)  # logits ~ scale 100
+        # logits = 100 cos: 100 x ~sqrt(768) = 28 roundings of a unit-size cosine = 3.3e-4 (other text padding
+        # and batches reorder the float32 sums); measured 4.3e-7 here (AMD EPYC, 2 cores); other machine: not
+        # measured. A preprocessing bug moves logits by ~4e-3 (9e-4 in p / 25 x 100, cf. CLIP_IQA_ATOL).
+        assert_close(logits[i, idx].numpy(), ref_logits[i].numpy(), atol=100 * f32_bound(28, 1.0),
+                     what="clip_r logits vs transformers")
 
 
 @pytest.fixture()
@@ -130,7 +158,9 @@ def test_clip_iqa_matches_torchmetrics(rn50, tm_clip_iqa, mode: str) -> None:
     metric.update(x * 255 if mode == "official" else x)  # the original fed ToTensor()*255, data_range=1
     ref = metric.compute()
     ours = ClipIqa(rn50, CPU, input_scale=255.0 if mode == "official" else 1.0)(imgs)
-    torch.testing.assert_close(ours, ref.reshape(-1), atol=1e-5, rtol=1e-5)
+    # CLIP_IQA_ATOL; measured 5.7e-7 (official), 3.6e-7 (fixed) here (AMD EPYC, 2 cores); other machine:
+    # not measured
+    assert_close(ours.numpy(), ref.reshape(-1).numpy(), atol=CLIP_IQA_ATOL, what=f"clip_iqa {mode} vs torchmetrics")
 
 
 def test_clip_iqa_mixed_sizes_match_one_by_one(rn50) -> None:
@@ -138,4 +168,7 @@ def test_clip_iqa_mixed_sizes_match_one_by_one(rn50) -> None:
     scorer = ClipIqa(rn50, CPU, input_scale=1.0)
     together = scorer(imgs)
     single = torch.cat([scorer([i]) for i in imgs])
-    torch.testing.assert_close(together, single, atol=1e-6, rtol=1e-6)
+    # Not bit-exact: a batch of 2 and a batch of 1 take different GEMM blockings. CLIP_IQA_ATOL;
+    # measured 3.3e-7 here (AMD EPYC, 2 cores); other machine: not measured (the old bound, 1e-6 + 1e-6 |p|,
+    # had 4x headroom).
+    assert_close(together.numpy(), single.numpy(), atol=CLIP_IQA_ATOL, what="clip_iqa batched vs one by one")

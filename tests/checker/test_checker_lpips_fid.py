@@ -19,6 +19,9 @@ from PIL import Image
 from checker.fid import frechet_distance, gaussian_stats, resize_bilinear_tf1, uint8_batch
 from checker.lpips import lpips_input, pair_distances
 from checker.synthetic import synthetic_image
+from tests.tolerance import EPS32, assert_at_most, assert_close, f32_bound
+
+EPS64 = EPS32 * 2.0**-29  # 2.2e-16
 
 
 def _images(rng: np.random.Generator, n: int, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -53,13 +56,21 @@ def test_lpips_matches_torchmetrics(lpips_net, rng, monkeypatch: pytest.MonkeyPa
                          for r in refs] for g in gens])
     ours = _our_lpips(lpips_net, gens, refs)
     assert ours.shape == (3, 2)
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)  # float32 conv noise only
+    # Same weights and uint8 resize; the float32 convs run in other batches and the last reductions are
+    # spatial means over up to 64 x 64: ~sqrt(4096) = 64 roundings, relative 7.6e-6. Measured 3.0e-8 abs
+    # (values 0.34..0.5) here (AMD EPYC, 2 cores); other machine: not measured. A wrong resize (bicubic for
+    # bilinear) or a missing channel normalisation changes LPIPS by >= 1e-3 relative.
+    assert_close(ours.numpy(), ref.numpy(), rtol=f32_bound(64, 1.0), what="lpips vs torchmetrics")
+    # Guard, not a tolerance: real distances, not ~0 (a relative bound says little there); measured min 0.34.
     assert ref.min() > 1e-3  # a real, non-trivial distance
 
 
 def test_lpips_identical_image_is_zero(lpips_net, rng) -> None:
     img = _images(rng, 1, [(96, 96)])
-    assert float(_our_lpips(lpips_net, img, img)[0, 0]) == pytest.approx(0.0, abs=1e-7)
+    # Bit-exact: both feature passes run the same array through the same net at the same batch shape
+    # (deterministic CPU kernels), so (f - f)^2 = 0 exactly; measured 0 here (AMD EPYC, 2 cores); other
+    # machine: not measured. Different preprocessing of the two sides would give >= 1e-3.
+    assert_close(float(_our_lpips(lpips_net, img, img)[0, 0]), 0.0, atol=0, what="lpips(x, x)")
 
 
 def test_tf1_resize_matches_torch_fidelity(rng) -> None:
@@ -67,7 +78,8 @@ def test_tf1_resize_matches_torch_fidelity(rng) -> None:
 
     x = torch.from_numpy(rng.integers(0, 256, (2, 3, 137, 211)).astype(np.float32))
     ref = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
-    torch.testing.assert_close(resize_bilinear_tf1(x, 299), ref, atol=0, rtol=0)
+    # Bit-exact: the same float32 index and lerp operations in the same order, elementwise (no reductions).
+    assert_close(resize_bilinear_tf1(x, 299).numpy(), ref.numpy(), atol=0, what="TF1 resize vs torch-fidelity")
 
 
 def _tm_fid(path, refs, gens) -> float:
@@ -89,8 +101,12 @@ def test_fid_matches_torchmetrics(inception, inception_file, rng) -> None:
     gens = _images(np.random.default_rng(99), 12, [(96, 96)])
     ref = _tm_fid(inception_file, refs, gens)
     ours = _our_fid(inception, refs, gens)
-    assert ref > 1e-2
-    assert ours == pytest.approx(ref, rel=1e-4)  # torchmetrics returns float32
+    assert ref > 1e-2  # guard, not a tolerance: a real distance (measured 0.081), not ~0
+    # torchmetrics rounds its float64 result to float32 (eps32 / 2 relative) and runs the float32 Inception in
+    # other batches; the 64-d sums carry that in: 64 eps32 relative = 7.6e-6; measured 3.5e-8 relative
+    # (2.8e-9 abs) here (AMD EPYC, 2 cores); other machine: not measured. A biased covariance (n for n - 1,
+    # n = 8, 12) or a wrong resize changes FID by >= 1e-2 relative.
+    assert_close(ours, ref, rtol=f32_bound(64, 1.0), what="fid vs torchmetrics")
 
 
 def test_fid_features_match_torch_fidelity_extractor(inception, inception_file, rng) -> None:
@@ -98,9 +114,18 @@ def test_fid_features_match_torch_fidelity_extractor(inception, inception_file, 
 
     full = NoTrainInceptionV3("inception-v3-compat", ["64"], str(inception_file), antialias=False)
     x = uint8_batch(_images(rng, 3, [(512, 512)]), torch.device("cpu"))
-    torch.testing.assert_close(inception(x), full(x), atol=1e-5, rtol=1e-5)
+    # Bit-exact: our stem is torch-fidelity's layers up to '64' (same input scaling, TF1 resize, conv, BN, max
+    # pool in the same order), the same weights from one file and the same batch; measured 0 here (AMD EPYC,
+    # 2 cores); other machine: not measured.
+    assert_close(inception(x).numpy(), full(x).numpy(), atol=0, what="inception features")
 
 
 def test_fid_identical_sets_about_zero(inception, rng) -> None:
     imgs = _images(rng, 10, [(80, 80)])
-    assert abs(_our_fid(inception, imgs, imgs)) < 1e-3
+    # Identical features (same code, same batch: bit-exact), so mu1 = mu2, s1 = s2 = s and FID = 2 tr(s) -
+    # 2 sum sqrt(eig(s s)). s has rank <= 9 (10 images, 64-d): the ~55 zero eigenvalues of s s come out as
+    # +-eps64 |s|^2, whose square roots reach sqrt(eps64) |s|: bound 2 x 64 x sqrt(eps64) x tr(s).
+    # measured 1.9e-9 here (AMD EPYC, 2 cores); other machine: not measured. A wrong matrix square root
+    # (eigenvalues not square-rooted, or each matrix square-rooted separately) gives O(tr(s)).
+    trace = float(gaussian_stats(inception(uint8_batch(imgs, torch.device("cpu"))))[1].trace())
+    assert_at_most(abs(_our_fid(inception, imgs, imgs)), 2 * 64 * EPS64**0.5 * trace, what="fid of identical sets")
