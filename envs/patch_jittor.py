@@ -70,6 +70,12 @@ CHANGES: tuple[Change, ...] = (
            "        cudaGetLastError();\n"
            "    }\n",
            "CUDA 13 without a driver: get_device_count() returned -1"),
+    Change("src/mem/allocator.cc",
+           "    if (use_cuda_host_allocator)\n        allocator = &cuda_host_allocator;\n",
+           "    // jstyle: with no device (no driver) there is no pinned host memory: "
+           "plain CPU memory, as without CUDA\n"
+           "    if (use_cuda_host_allocator && get_device_count())\n        allocator = &cuda_host_allocator;\n",
+           "CUDA build without a driver: cudaMallocHost fails"),
     Change("compiler.py",
            '        nvcc_flags = nvcc_flags.replace("-Wall", "")\n',
            "        # jstyle: CUDA 13's CCCL (cub, thrust) requires C++17; g++'s CPU flags keep -std=c++14\n"

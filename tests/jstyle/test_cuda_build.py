@@ -1,0 +1,136 @@
+"""Jittor's CUDA build compiles here against this machine's CUDA toolkit, with no GPU or driver (issue 20).
+
+`bash envs/setup.sh cuda-build` builds Jittor's CUDA core and its extern ops (cuBLAS, cuDNN, cuRAND, cuFFT,
+cuSPARSE, CUB) against the toolkit and the pinned pip libraries, in a JITTOR_HOME of its own
+($JSTYLE_HOME/jittor-cuda-build; cold: many minutes, warm: seconds), in a subprocess so a crash cannot take
+the suite down. Skipped, with the reason, where no nvcc exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXTERN = ("cublas", "cudnn", "curand", "cufft", "cusparse", "cub")
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's env without the CUDA decisions env.sh exported, so the subprocess detects afresh."""
+    env = dict(os.environ)
+    for k in ("nvcc_path", "JSTYLE_CUDA_TOOLKIT", "JSTYLE_CUDA_DRIVER", "JSTYLE_CUDA_HOME", "JSTYLE_CUDA_NOTE"):
+        env.pop(k, None)
+    return env
+
+
+def _sourced(expr: str) -> subprocess.CompletedProcess[str]:
+    cmd = f'source "{ROOT}/envs/env.sh"; printf "%s" {expr}'
+    return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=_clean_env(), check=True)
+
+
+@pytest.fixture(scope="module")
+def toolkit() -> str:
+    """The real toolkit env.sh found; skips where this machine has no nvcc at all."""
+    cands = [shutil.which("nvcc"), os.path.join(os.environ.get("CUDA_HOME", "/nonexistent"), "bin", "nvcc"),
+             "/usr/local/cuda/bin/nvcc"]
+    if not any(c and os.access(c, os.X_OK) for c in cands):
+        pytest.skip("no nvcc on this machine (PATH, CUDA_HOME, /usr/local/cuda): CUDA build not checked")
+    tk = _sourced('"$JSTYLE_CUDA_TOOLKIT"').stdout
+    assert tk and os.access(os.path.join(tk, "bin", "nvcc"), os.X_OK), f"envs/env.sh found no toolkit: {tk!r}"
+    assert Path(tk, "bin", "nvcc").read_bytes()[:2] != b"#!", tk  # the real nvcc, not a wrapper script
+    return tk
+
+
+@pytest.fixture(scope="module")
+def build(toolkit: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(ROOT / "envs" / "setup.sh"), "cuda-build"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=_clean_env(), timeout=3600)
+
+
+def test_cuda_core_and_extern_ops_build_without_a_gpu(build: subprocess.CompletedProcess[str]) -> None:
+    out = build.stdout
+    assert build.returncode == 0, out[-4000:]
+    m = re.search(r"cuda-build: cache=(\S+) devices=(-?\d+) has_cuda=(\d) extern=(\S*)", out)
+    assert m, out[-4000:]
+    cache, devices, has_cuda, extern = Path(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4).split(",")
+    assert cache.name.startswith("cu"), cache  # Jittor keyed this build by its nvcc version: the CUDA build
+    assert sorted(extern) == sorted(EXTERN)
+    # the core, with an object nvcc compiled, and each extern library's ops
+    assert list(cache.glob("jittor_core*.so")), cache
+    assert (cache / "obj_files" / "nan_checker.cu.o").stat().st_size > 0
+    assert (cache / "cuda" / "libcuda_extern.so").stat().st_size > 0
+    libs = [p.name for p in (cache / "custom_ops").glob("*.so")]
+    for name in EXTERN:
+        assert any(f"{name}_" in lib for lib in libs), (name, libs)
+    # a CUB kernel compiles with the nvcc flags Jittor JIT-compiles its CUDA kernels with (C++17 for CCCL)
+    m = re.search(r"CUB kernel compiled with Jittor's nvcc flags: (\S+)", out)
+    assert m and Path(m.group(1)).stat().st_size > 0, out[-2000:]
+    # no driver here: 0 devices, CPU fallback, use_cuda refused
+    if subprocess.run(["bash", "-c", "nvidia-smi"], capture_output=True).returncode != 0:
+        assert devices == 0 and has_cuda == 0
+        assert "use_cuda=1 refused (no device): CPU fallback" in out
+
+
+def test_env_sh_says_toolkit_without_driver_runs_on_cpu(toolkit: str) -> None:
+    if subprocess.run(["bash", "-c", "nvidia-smi"], capture_output=True).returncode == 0:
+        pytest.skip("a driver works here: Jittor gets CUDA")
+    proc = _sourced('"[$nvcc_path]"')
+    assert proc.stdout == "[]"  # Jittor sees no nvcc: the CPU build, exactly as before
+    lines = [line for line in proc.stderr.splitlines() if "CUDA" in line]
+    assert lines == [f"[envs] CUDA toolkit found ({toolkit}) but no working NVIDIA driver (nvidia-smi failed): "
+                     "running on CPU"]
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x")
+
+
+@pytest.mark.parametrize("layout", ["cu13", "cu12"])
+def test_cuda_home_takes_libraries_from_pip_layouts(tmp_path: Path, layout: str) -> None:
+    """envs/cuda_home.py on a fake toolkit: pip's cu13 and cu12 layouts, unversioned links, the toolkit first."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cuda_home", ROOT / "envs" / "cuda_home.py")
+    assert spec and spec.loader
+    cuda_home = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cuda_home)
+    tk = tmp_path / "cuda-13.0"
+    for f in ("bin/nvcc", "nvvm/bin/cicc", "include/cuda_runtime.h", "lib64/libcudart.so.13"):
+        _touch(tk / f)
+    site = tmp_path / "venv" / "lib" / "python3.12" / "site-packages"
+    _touch(tmp_path / "venv" / "pyvenv.cfg")
+    _touch(tmp_path / "venv" / "include" / "stray.h")  # a venv's own include/ is never taken
+    files = {"cublas": ("cublas_v2.h", "libcublas.so.13"), "cudnn": ("cudnn.h", "libcudnn.so.9"),
+             "curand": ("curand.h", "libcurand.so.10"), "cufft": ("cufft.h", "libcufft.so.12"),
+             "cusparse": ("cusparse.h", "libcusparse.so.12")}
+    for name, (header, lib) in files.items():
+        pkg = site / "nvidia" / ("cudnn" if name == "cudnn" or layout == "cu12" else "cu13")
+        pkg = site / "nvidia" / name if layout == "cu12" else pkg
+        _touch(pkg / "include" / header)
+        _touch(pkg / "lib" / lib)
+    _touch(site / "nvidia" / "cu13" / "include" / "cuda_runtime.h")  # pip's runtime header: the toolkit's wins
+    _touch(site / "nvidia" / "cublas" / "lib" / "libcublas.so.12")  # another CUDA major's cuBLAS: refused
+    _touch(site / "nvidia" / "cublas" / "include" / "cublas_api.h")
+    out = tmp_path / "home"
+    found = cuda_home.assemble(tk, out, [tmp_path / "venv"])
+    assert sorted(found) == ["cuBLAS", "cuDNN", "cuFFT", "cuRAND", "cuSPARSE"]
+    assert (out / "bin").resolve() == (tk / "bin").resolve() and (out / "nvvm").is_symlink()
+    assert (out / "include" / "cuda_runtime.h").resolve() == (tk / "include" / "cuda_runtime.h").resolve()
+    assert not (out / "include" / "stray.h").exists()
+    for header, lib in files.values():
+        assert (out / "include" / header).is_file()
+        assert (out / "lib64" / lib.rsplit(".", 1)[0]).resolve().name == lib  # libcudnn.so -> libcudnn.so.9
+    assert (out / "lib64" / "libcudart.so").resolve() == (tk / "lib64" / "libcudart.so.13").resolve()
+    assert not (out / "lib64" / "libcublas.so.12").exists()
+    assert cuda_home.assemble(tk, out, [tmp_path / "venv"]) == found  # unchanged inputs: kept as is
+    (site / "nvidia" / "cudnn" / "include" / "cudnn.h").unlink()
+    if Path("/usr/include/cudnn.h").is_file():
+        return  # a system cuDNN would count
+    with pytest.raises(SystemExit, match="cuDNN not found"):
+        cuda_home.assemble(tk, tmp_path / "home2", [tmp_path / "venv"])
