@@ -18,7 +18,8 @@ export log_silent="${log_silent:-1}"
 # CUDA. Jittor gets nvcc only where a CUDA toolkit exists AND a driver works (nvidia-smi succeeds), and
 # then the CUDA home envs/setup.sh assembled (the toolkit + cuBLAS/cuDNN found where installed; see
 # envs/cuda_home.py). Anywhere else nvcc_path="" and Jittor runs on CPU as it always did (a visible nvcc
-# without a driver used to crash `import jittor`). nvcc_path="" set by the user: CPU, no questions.
+# without a driver used to crash `import jittor`). nvcc_path="" set by the user: CPU, no questions; a user's
+# nvcc_path=<nvcc> only names the toolkit to use.
 jstyle_real_nvcc() {  # CANDIDATES...: the real nvcc behind the first that works (wrapper scripts resolved)
   local cand here
   for cand in "$@"; do

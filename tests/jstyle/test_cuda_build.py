@@ -134,3 +134,38 @@ def test_cuda_home_takes_libraries_from_pip_layouts(tmp_path: Path, layout: str)
         return  # a system cuDNN would count
     with pytest.raises(SystemExit, match="cuDNN not found"):
         cuda_home.assemble(tk, tmp_path / "home2", [tmp_path / "venv"])
+
+
+def test_env_sh_follows_nvcc_wrappers_and_gives_jittor_cuda_only_with_a_driver(tmp_path: Path) -> None:
+    """env.sh's decision on fakes: a wrapper script on PATH, then a driver, then an assembled CUDA home."""
+    tk = tmp_path / "toolkit-13.9"
+    fake_nvcc = tk / "bin" / "nvcc"  # answers -dryrun the way nvcc does
+    _touch(fake_nvcc)
+    fake_nvcc.write_text('#!/bin/sh\necho "#\\$ _HERE_=$(cd "$(dirname "$0")" && pwd)" >&2\n')
+    wrapper = tmp_path / "wrap" / "nvcc"
+    _touch(wrapper)
+    wrapper.write_text(f'#!/bin/sh\nexec "{fake_nvcc}" "$@"\n')
+    smi = tmp_path / "driver" / "nvidia-smi"
+    _touch(smi)
+    smi.write_text("#!/bin/sh\nexit 0\n")
+    for f in (fake_nvcc, wrapper, smi):
+        f.chmod(0o755)
+
+    def decide(path: str, prefix: str = "") -> tuple[list[str], str]:
+        env = {"PATH": f"{path}:/usr/bin:/bin", "HOME": str(tmp_path), "JSTYLE_HOME": str(tmp_path / "jhome")}
+        cmd = f'{prefix} source "{ROOT}/envs/env.sh"; printf "%s|%s|%s" "$nvcc_path" "$JSTYLE_CUDA_TOOLKIT" ' \
+              '"$JSTYLE_CUDA_HOME"'
+        proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, check=True)
+        return proc.stdout.split("|"), proc.stderr
+
+    real = os.path.realpath(tk)
+    (nvcc_path, found, home), err = decide(str(wrapper.parent))
+    assert (nvcc_path, found) == ("", real) and "no working NVIDIA driver" in err
+    (nvcc_path, found, home), err = decide(f"{wrapper.parent}:{smi.parent}")
+    assert (nvcc_path, found) == ("", real) and "run bash envs/setup.sh" in err
+    Path(home).mkdir(parents=True)
+    (Path(home) / ".jstyle-cuda-home").write_text("key\n")  # what envs/cuda_home.py leaves when done
+    (nvcc_path, found, home), err = decide(f"{wrapper.parent}:{smi.parent}")
+    assert nvcc_path == f"{home}/bin/nvcc" and "CUDA" not in err
+    (nvcc_path, found, home), err = decide(f"{wrapper.parent}:{smi.parent}", 'export nvcc_path="";')
+    assert (nvcc_path, found) == ("", "") and err == ""  # the user's nvcc_path="" wins: CPU, silently
