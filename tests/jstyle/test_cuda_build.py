@@ -169,3 +169,32 @@ def test_env_sh_follows_nvcc_wrappers_and_gives_jittor_cuda_only_with_a_driver(t
     assert nvcc_path == f"{home}/bin/nvcc" and "CUDA" not in err
     (nvcc_path, found, home), err = decide(f"{wrapper.parent}:{smi.parent}", 'export nvcc_path="";')
     assert (nvcc_path, found) == ("", "") and err == ""  # the user's nvcc_path="" wins: CPU, silently
+
+
+def test_patch_jittor_applies_once_and_refuses_other_sources(tmp_path: Path) -> None:
+    """envs/patch_jittor.py on a copy of the installed (patched) Jittor's files, un-patched back to 1.3.11's text."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("patch_jittor", ROOT / "envs" / "patch_jittor.py")
+    assert spec and spec.loader
+    pj = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pj)
+    installed = pj.jittor_dir()
+    assert pj.patch(installed, check=True) == []  # set-up patched this env's Jittor
+    paths = sorted({ch.path for ch in pj.CHANGES})
+    for path in paths:
+        text = (installed / path).read_text()
+        for ch in reversed(pj.CHANGES):
+            if ch.path == path:
+                text = text.replace(ch.new, ch.old)
+        _touch(tmp_path / path)
+        (tmp_path / path).write_text(text)
+    assert len(pj.patch(tmp_path, check=True)) == len(pj.CHANGES)
+    assert len(pj.patch(tmp_path)) == len(pj.CHANGES)
+    for path in paths:
+        assert (tmp_path / path).read_text() == (installed / path).read_text(), path
+    assert pj.patch(tmp_path) == []  # a no-op once applied
+    cc = tmp_path / "src" / "misc" / "cuda_flags.cc"
+    cc.write_text(cc.read_text().replace("count = 0;", "count = 1;").replace("if (count==-1", "if (count<0"))
+    with pytest.raises(SystemExit, match="expected source line not found in .*cuda_flags.cc"):
+        pj.patch(tmp_path)
