@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Create or update the project's two Python environments (idempotent).
 #   bash envs/setup.sh [jstyle|checker|all]      (default: all)
+#   bash envs/setup.sh cuda-build                 (CI: Jittor's CUDA core + extern ops build here, no GPU needed)
 # jstyle env: Jittor side, never torch. checker env: PyTorch side, never jittor.
 # Both live at stable paths (see envs/env.sh) so Jittor's core build is paid once per machine.
 # A second run with unchanged requirements is a no-op.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 user_use_mkl="${use_mkl-unset}"   # a user's own choice wins over the oneDNN auto-detection
+user_nvcc_path="${nvcc_path-unset}"   # likewise over the CUDA detection
 # shellcheck source=envs/env.sh
 source "$here/env.sh"
 base_python="${JSTYLE_BASE_PYTHON:-python3}"
 which_envs="${1:-all}"
-case "$which_envs" in jstyle|checker|all) ;; *) echo "usage: bash envs/setup.sh [jstyle|checker|all]" >&2; exit 2;; esac
+case "$which_envs" in jstyle|checker|all|cuda-build) ;;
+  *) echo "usage: bash envs/setup.sh [jstyle|checker|all|cuda-build]" >&2; exit 2;; esac
 
 log() { printf '[envs] %s\n' "$*" >&2; }
 now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
@@ -113,6 +116,83 @@ wire_onednn() {
   fi
 }
 
+# Jittor 1.3.11 does not build on CUDA 13 / cuDNN 9 as released: envs/patch_jittor.py (a no-op once applied;
+# on a CPU build it costs one object's recompile).
+patch_jittor() { "$JSTYLE_PYTHON" "$here/patch_jittor.py"; }
+
+cuda_major() { "$JSTYLE_CUDA_TOOLKIT/bin/nvcc" --version | sed -n 's/.*release \([0-9][0-9]*\)\..*/\1/p'; }
+
+# The pinned cuBLAS/cuDNN/... pip packages in a cached folder (GBs: only where a CUDA toolkit exists).
+# Prints the folder.
+install_cuda_libs() {
+  local req dir
+  req="$here/cuda$(cuda_major)-requirements.txt"
+  [ -f "$req" ] || { log "ERROR: no $req for this CUDA toolkit; set JSTYLE_CUDA_LIBS to a venv with cuBLAS and cuDNN"; return 1; }
+  dir="$JSTYLE_HOME/cuda-libs/$(stamp_of "$req")"
+  if [ ! -e "$dir/.jstyle-stamp" ]; then
+    log "installing cuBLAS/cuDNN/cuRAND/cuFFT/cuSPARSE ($(basename "$req")) into $dir"
+    rm -rf "$dir.tmp"
+    "$JSTYLE_PYTHON" -m pip install --disable-pip-version-check -q --no-deps --target "$dir.tmp" -r "$req" 2>&1 \
+      | { grep -v "^WARNING: Location 'file:" || true; } >&2; [ "${PIPESTATUS[0]}" = 0 ] \
+      || { log "ERROR: pip could not install $(basename "$req") (offline?); set JSTYLE_CUDA_LIBS to a venv with cuBLAS and cuDNN"; return 1; }
+    touch "$dir.tmp/.jstyle-stamp" && rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  printf '%s\n' "$dir"
+}
+
+# A CUDA toolkit and a working driver: assemble the CUDA home Jittor builds against (envs/cuda_home.py),
+# cuBLAS/cuDNN taken from JSTYLE_CUDA_LIBS, the two envs, the active venv or python3's, else pip-installed.
+setup_cuda() {
+  [ -n "$JSTYLE_CUDA_TOOLKIT" ] && [ "$JSTYLE_CUDA_DRIVER" = 1 ] || return 0
+  local roots=() py_venv libs
+  IFS=: read -r -a roots <<< "${JSTYLE_CUDA_LIBS:-}"
+  py_venv="$(dirname "$(dirname "$(command -v python3 2>/dev/null || echo /)")")"
+  [ -e "$py_venv/pyvenv.cfg" ] || py_venv=""
+  roots+=("$JSTYLE_ENV" "$JSTYLE_CHECKER_ENV" "${VIRTUAL_ENV:-}" "$py_venv")
+  if ! "$JSTYLE_PYTHON" "$here/cuda_home.py" "$JSTYLE_CUDA_TOOLKIT" "$JSTYLE_CUDA_HOME" "${roots[@]}" 2>/dev/null; then
+    libs="$(install_cuda_libs)" || { log "CUDA off: Jittor runs on CPU"; return 0; }
+    "$JSTYLE_PYTHON" "$here/cuda_home.py" "$JSTYLE_CUDA_TOOLKIT" "$JSTYLE_CUDA_HOME" "${roots[@]}" "$libs" \
+      || { log "CUDA off: Jittor runs on CPU"; return 0; }
+  fi
+}
+
+# CI, on any machine with a CUDA toolkit (no GPU or driver needed): Jittor's CUDA core and its extern ops
+# (cuBLAS, cuDNN, cuRAND, cuFFT, cuSPARSE, CUB) compile and load against this toolkit and the pinned pip
+# libraries, in a JITTOR_HOME of their own. Without a driver Jittor must then report 0 devices (CPU).
+cuda_build_check() {
+  [ -n "$JSTYLE_CUDA_TOOLKIT" ] || { log "cuda-build: SKIP: no nvcc found (PATH, CUDA_HOME, /usr/local/cuda)"; exit 3; }
+  local libs build="$JSTYLE_HOME/jittor-cuda-build"
+  libs="$(install_cuda_libs)"
+  "$JSTYLE_PYTHON" "$here/cuda_home.py" "$JSTYLE_CUDA_TOOLKIT" "$build/cuda-home" "$libs"
+  [ -e "$build/.jstyle-core-built" ] || log "cuda-build: compiling Jittor's CUDA core and extern ops (cold: many minutes)"
+  JITTOR_HOME="$build" nvcc_path="$build/cuda-home/bin/nvcc" use_mkl=0 "$JSTYLE_PYTHON" - <<'PY'
+import jittor as jt
+from jittor import compile_extern, compiler
+
+libs = [n for n in ("cublas", "cudnn", "curand", "cufft", "cusparse", "cub")
+        if getattr(compile_extern, n + "_ops", None) is not None]
+print(f"[envs] cuda-build: cache={compiler.cache_path} devices={jt.core.get_device_count()} "
+      f"has_cuda={int(jt.has_cuda)} extern={','.join(libs)}")
+assert float((jt.ones((2, 2)) * 2).sum()) == 8.0  # and the CUDA build computes on CPU
+# Jittor's CUDA kernels are JIT-compiled on a GPU with these flags: check that they take CUB (CCCL: C++17)
+import os, shlex, subprocess
+src = os.path.join(compiler.cache_path, "jstyle_cub_check.cu")
+with open(src, "w") as f:
+    f.write('#include <cub/device/device_segmented_radix_sort.cuh>\n#include "helper_cuda.h"\n'
+            "void jstyle_sort(float* k, float* o, int n, int* s) { size_t b = 0; checkCudaErrors("
+            "cub::DeviceSegmentedRadixSort::SortKeys(nullptr, b, k, o, n, 1, s, s + 1)); }\n")
+flags = [f for f in shlex.split(jt.flags.nvcc_flags) if not f.startswith(("-l", "-L"))]
+subprocess.run([jt.flags.nvcc_path, src, *flags, "-c", "-o", src + ".o"], check=True)
+print(f"[envs] cuda-build: CUB kernel compiled with Jittor's nvcc flags: {src}.o")
+try:
+    jt.flags.use_cuda = 1
+    raise SystemExit("cuda-build: use_cuda=1 was accepted with no device")
+except RuntimeError:
+    print("[envs] cuda-build: use_cuda=1 refused (no device): CPU fallback")
+PY
+  touch "$build/.jstyle-core-built"
+}
+
 # Each env has its own lock, so the checker env (mostly unpacking torch) installs in the background while
 # the jstyle env's Jittor core compiles; a second set-up on the same machine waits for the first.
 setup_checker() {
@@ -134,9 +214,17 @@ if [ "$which_envs" != checker ]; then
   exec 9>"$JSTYLE_HOME/setup-jstyle.lock"
   flock 9
   timed "jstyle env" make_env jstyle "$JSTYLE_ENV" "$here/jstyle-requirements.txt" torch
+  timed "Jittor patch" patch_jittor
+  if [ "$which_envs" = cuda-build ]; then
+    timed "cuda-build" cuda_build_check
+    exit 0
+  fi
   timed "oneDNN" wire_onednn
-  # env.sh picks use_mkl from the wiring above; re-read it now that the file may exist.
-  if [ "$user_use_mkl" = unset ]; then unset use_mkl; source "$here/env.sh"; fi
+  timed "CUDA home" setup_cuda
+  # env.sh picks use_mkl and nvcc_path from the steps above; re-read it now that their files may exist.
+  if [ "$user_use_mkl" = unset ]; then unset use_mkl; fi
+  if [ "$user_nvcc_path" = unset ]; then unset nvcc_path; fi
+  source "$here/env.sh"
   timed "Jittor core" warm_jittor
 fi
 if [ -n "$checker_pid" ]; then
