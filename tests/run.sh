@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The project's test command (README and CI):  bash tests/run.sh [pytest args...]
 # Creates or updates both environments (a quick no-op when they are current), lints, then runs
-# the Jittor-side tests in the jstyle env and the checker tests in the checker env, one process
-# at a time (Jittor holds a lock on its cache). Ends with one combined "N passed, N failed" line.
+# the Jittor-side tests in the jstyle env and, beside them, the checker tests in the checker env
+# (Jittor holds a lock on its cache, so Jittor tests run one process at a time). Ends with one
+# combined "N passed, N failed" line.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash envs/setup.sh all || { echo "error: environment set-up failed (see above)"; exit 1; }
+# Where a CUDA toolkit exists, Jittor's CUDA core and extern ops are built once per machine (cached in
+# $JSTYLE_HOME/jittor-cuda-build, like the CPU core) as part of set-up; tests/jstyle/test_cuda_build.py
+# checks that build (and builds it itself when run alone). No toolkit: skipped with a line (exit 3).
+bash envs/setup.sh cuda-build || true
 # shellcheck source=envs/env.sh
 source envs/env.sh
 results="$(mktemp -d)"
