@@ -29,7 +29,9 @@ def _pipeline(cfg: RunConfig, ctx: WorkerContext):
         from ..pipeline import load_pipeline
 
         device = use_device(ctx.device)
-        ctx.cache["pipe"] = load_pipeline(cfg.model, dtype="float16" if device == "cuda" else "float32")
+        # float16 on CUDA, the VAE in float32 where its config asks (force_upcast: fp16 VAEs overflow)
+        dtype = "float16" if device == "cuda" else "float32"
+        ctx.cache["pipe"] = load_pipeline(cfg.model, dtype=dtype, vae_dtype="auto")
         ctx.log.info("loaded %s on %s", cfg.model, device)
     return ctx.cache["pipe"]
 

@@ -4,7 +4,8 @@
 tiny UNets and on small inputs with a mask. diffusers' precision rules (upcast_attention: Q K^T in float32;
 upcast_softmax: the softmax in float32; probabilities and P V in V's dtype) are checked in float16 on
 scores of ~566 that differ by ~1, where float16 scores cost 400x the upcast path's error. The upcast
-flags every Attention layer gets from the UNet and VAE configs are compared with diffusers' layers.
+flags every Attention layer gets from the UNet and VAE configs are compared with diffusers' layers. The
+float16 VAE, and a float32 VAE under a float16 UNet (vae_dtype, diffusers' force_upcast), decode as diffusers'.
 References: tests/reference/attention_ref.py (checker env).
 """
 
@@ -16,11 +17,13 @@ import jittor as jt
 import numpy as np
 import pytest
 
+from jstyle.errors import ConfigError
 from jstyle.loading import load_model
 from jstyle.models.attention import Attention, AttnProcessor
 from jstyle.models.autoencoder_kl import AutoencoderKL
 from jstyle.models.unet_2d_condition import UNet2DConditionModel
 from jstyle.ops import ATTENTION_KERNELS, attention, attention_kernel
+from jstyle.pipeline import StableDiffusion, load_pipeline, resolve_vae_dtype
 from tests.tolerance import EPS16, assert_close, f32_bound
 
 from .conftest import ROOT, reference_npz
@@ -41,8 +44,7 @@ def make_inputs() -> dict[str, np.ndarray]:
     a["q16"] = (u + rng.standard_normal((1, 2, 16, 8))).astype(np.float16)
     a["k16"] = (u + 0.05 * rng.standard_normal((1, 2, 16, 8))).astype(np.float16)
     a["v16"] = rng.standard_normal((1, 2, 16, 8)).astype(np.float16)
-    # test_fp16's latent (rng 0, [1, 4, 2, 2]) unscaled, as decode_latents hands it to the VAE
-    a["latents"] = np.random.default_rng(0).standard_normal((1, 4, 2, 2)).astype(np.float32) / np.float32(0.18215)
+    a["latents"] = np.random.default_rng(0).standard_normal((1, 4, 2, 2)).astype(np.float32)  # test_fp16's latent
     return a
 
 
@@ -137,3 +139,44 @@ def test_float16_upcast_rules_match_diffusers(kernel, ref):
             # 0.19 in diffusers); no worse than 3x diffusers, and never silently upcast (>10x the upcast bound)
             err, theirs = np.abs(got - exact).max(), np.abs(want - exact).max()
             assert 10 * bound <= err <= 3 * theirs, f"{kernel} {ua}{us}: {err:.3g} vs diffusers' {theirs:.3g}"
+
+
+@pytest.fixture(scope="module")
+def half_pipes(tiny_ref) -> dict[str, StableDiffusion]:
+    """The tiny SD2-like pipeline with a float16 UNet and text encoder, its VAE in float16 or float32 ("auto")."""
+    return {"float16": load_pipeline(tiny_ref / "sd2", dtype="float16"),
+            "float32": load_pipeline(tiny_ref / "sd2", dtype="float16", vae_dtype="auto")}
+
+
+def test_float16_vae_decode_matches_diffusers(half_pipes, ref):
+    out = half_pipes["float16"].vae_decode(jt.array(INPUTS["latents"]))
+    assert out.dtype == "float16"
+    # float16 convolutions (Jittor's generic CPU kernels accumulate in float16) of up to 64 channels on
+    # outputs <~ 1.5: eps16 x 64 x 1.5 = 0.094; measured 8.9e-3 from diffusers' float32, 8.5e-3 from float16
+    bound = EPS16 * 64 * 1.5
+    assert_close(out.numpy(), ref["vae_dec32"], atol=bound, what="float16 VAE vs diffusers float32")
+    assert_close(out.numpy(), ref["vae_dec16"], atol=bound, what="float16 VAE vs diffusers float16")
+
+
+def test_float32_vae_under_float16_unet_matches_diffusers(half_pipes, ref):
+    pipe = half_pipes["float32"]
+    assert (pipe.dtype, pipe.vae_dtype) == ("float16", "float32")  # the tiny VAE config has force_upcast: true
+    assert pipe.unet.conv_in.weight.dtype == "float16" and pipe.vae.decoder.conv_in.weight.dtype == "float32"
+    latents = jt.array(INPUTS["latents"]).float16()  # as the float16 UNet leaves them
+    out = pipe.vae_decode(latents)
+    assert out.dtype == "float32"
+    # the same float16 latents decoded in float32 by both: as test_vae, eps32 x 64 channels x 12 layers x 1.5
+    # = 1.4e-4; measured 1.4e-6 (from diffusers' float32 decoding of the unrounded latents: 8.5e-4)
+    assert_close(out.numpy(), ref["vae_dec32_from16"], atol=f32_bound(64 * 12, 1.5), what="float32 VAE")
+    want = np.round(np.clip(out.numpy() / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1) * 255)
+    assert_close(pipe.decode_latents(latents), want, what="decode_latents: the same decoding as uint8")
+
+
+def test_vae_dtype_resolution():
+    assert resolve_vae_dtype("float16", "auto", force_upcast=True) == "float32"  # diffusers' force_upcast
+    assert resolve_vae_dtype("float16", "auto", force_upcast=False) == "float16"
+    assert resolve_vae_dtype("float32", "auto", force_upcast=True) == "float32"
+    assert resolve_vae_dtype("float16", None, force_upcast=True) == "float16"  # StableDiffusionPipeline's
+    assert resolve_vae_dtype("float16", "float32", force_upcast=False) == "float32"
+    with pytest.raises(ConfigError, match="vae_dtype 'bfloat16' is not supported; use float32, float16 or auto"):
+        load_pipeline(ROOT, vae_dtype="bfloat16")

@@ -1,12 +1,13 @@
 """diffusers' attention precision and upcast flags on the tiny models (run in the checker env).
 
 usage: attention_ref.py TINY_DIR IN.npz OUT.npz   (TINY_DIR: make_tiny.py's output, with sd1/ and sd2/)
-IN.npz: q, k, v [B, h, N|M, d] and mask [B, 1, N, M] (float32); q16, k16, v16 (float16, large: scores ~1e2);
-latents [1, 4, h, w] (unscaled). OUT.npz: out32_mask from diffusers' Attention (AttnProcessor:
+IN.npz: q, k, v [B, h, N|M, d] and mask [B, 1, N, M] (float32); q16, k16, v16 (float16, large: scores ~566);
+latents [1, 4, h, w] (scaled, as a UNet leaves them). OUT.npz: out32_mask from diffusers' Attention (AttnProcessor:
 get_attention_scores then bmm) in float32; out16_<ua><us> in float16 for upcast_attention ua and
 upcast_softmax us (0/1) and out16_exact (float64 math on the float16 inputs); {sd1,sd2,vae}_names and
 {sd1,sd2,vae}_upcast [n, 2] (upcast_attention, upcast_softmax) of every Attention diffusers builds for
-sd1/unet, sd2/unet and sd2/vae; vae_dec32 / vae_dec16: sd2/vae's decode of `latents` in float32 / float16.
+sd1/unet, sd2/unet and sd2/vae; vae_dec32 / vae_dec16: sd2/vae's decode of `latents` in float32 / float16;
+vae_dec32_from16: in float32 of the latents rounded to float16 (diffusers' SDXL pipelines with force_upcast).
 """
 
 import sys
@@ -52,8 +53,10 @@ def main(model: str, inp: str, out: str) -> None:
     vae = AutoencoderKL.from_pretrained(f"{model}/sd2/vae")
     res["vae_names"], res["vae_upcast"] = flags(vae)
     with torch.no_grad():
-        res["vae_dec32"] = vae.decode(torch.from_numpy(a["latents"])).sample.numpy()
-        res["vae_dec16"] = vae.half().decode(torch.from_numpy(a["latents"]).half()).sample.float().numpy()
+        z, sf = torch.from_numpy(a["latents"]), vae.config.scaling_factor
+        res["vae_dec32"] = vae.decode(z / sf).sample.numpy()
+        res["vae_dec32_from16"] = vae.decode(z.half().float() / sf).sample.numpy()  # SDXL's force_upcast
+        res["vae_dec16"] = vae.half().decode(z.half() / sf).sample.float().numpy()
     np.savez(out, **res)
 
 
