@@ -65,6 +65,10 @@ class LoRATrainer:
     """Holds the pipeline with LoRA injected, the data, the optimizer; `train()` runs to max_train_steps."""
 
     def __init__(self, pipe: Any, cfg: LoRATrainConfig, examples: list[Example] | None = None):
+        if getattr(pipe, "dtype", "float32") == "float16" and cfg.mixed_precision != "fp16":
+            # float16 activations and gradients with a loss scale of 1 underflow (accelerate refuses float16 params)
+            raise ConfigError("a float16 pipeline trains LoRA with mixed_precision='fp16' (float32 LoRA tensors, "
+                              "loss scaling); set it, or load the pipeline in float32")
         self.pipe, self.cfg = pipe, cfg
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler_config)
         self.prediction_type = pipe.scheduler_config.get("prediction_type", "epsilon")
