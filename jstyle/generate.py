@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = args.dtype if args.dtype != "auto" else ("float16" if device == "cuda" else "float32")
     if dtype == "float16" and device != "cuda":
         raise InputError("--dtype float16 needs --device cuda (half precision is very slow on CPU); use float32")
-    pipe = load_pipeline(args.model, dtype=dtype)
+    pipe = load_pipeline(args.model, dtype=dtype, vae_dtype="auto")  # a float32 VAE if force_upcast
     if args.lora is not None:
         from .lora import apply_lora
 

@@ -15,11 +15,12 @@ from .loading import load_model, read_json
 from .models.autoencoder_kl import AutoencoderKL, DiagonalGaussianDistribution
 from .models.clip_text import CLIPTextModel
 from .models.unet_2d_condition import UNet2DConditionModel
+from .ops import as_dtype
 from .schedulers import get_scheduler
 from .schedulers.common import batch_randn
 from .tokenizer import CLIPTokenizer
 
-__all__ = ["StableDiffusion", "load_pipeline"]
+__all__ = ["StableDiffusion", "load_pipeline", "resolve_vae_dtype"]
 
 # component -> accepted class names (as written in model_index.json) -> jstyle class
 _MODEL_CLASSES = {
@@ -40,7 +41,12 @@ class StableDiffusion:
     vae: AutoencoderKL
     scheduler_config: dict[str, Any]
     path: Path
-    dtype: str = "float32"
+    dtype: str = "float32"  # the UNet's and the text encoder's
+    vae_dtype: str | None = None  # None: `dtype`; "float32" under a float16 UNet avoids the VAE's fp16 overflow
+
+    def __post_init__(self) -> None:
+        if self.vae_dtype is None:
+            self.vae_dtype = self.dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -125,15 +131,21 @@ class StableDiffusion:
     def encode_images(self, images: jt.Var, generator: np.random.Generator | None = None) -> jt.Var:
         """Images in [-1, 1], [B, 3, H, W] -> scaled latents (a posterior sample with a generator, else its mode)."""
         with jt.no_grad():
-            posterior: DiagonalGaussianDistribution = self.vae.encode(images.cast(self.dtype))
+            posterior: DiagonalGaussianDistribution = self.vae.encode(images.cast(self.vae_dtype))
             z = posterior.sample(generator) if generator is not None else posterior.mode()
-        return z * self.vae.scaling_factor
+        return as_dtype(z * self.vae.scaling_factor, self.dtype)  # in the VAE's dtype, handed on in the UNet's
+
+    def vae_decode(self, latents: jt.Var) -> jt.Var:
+        """Scaled latents (any dtype) -> the VAE's images [B, 3, H, W] in about [-1, 1], in the VAE's dtype.
+
+        The latents are cast to the VAE's dtype, then unscaled, as diffusers' SDXL pipeline does for an upcast VAE.
+        """
+        with jt.no_grad():
+            return self.vae.decode(as_dtype(latents, self.vae_dtype) / self.vae.scaling_factor)
 
     def decode_latents(self, latents: jt.Var) -> np.ndarray:
         """Scaled latents -> uint8 images [B, H, W, 3]."""
-        with jt.no_grad():
-            x = self.vae.decode((latents / self.vae.scaling_factor).cast(self.dtype))
-        x = np.clip(x.float32().numpy() / 2 + 0.5, 0.0, 1.0)
+        x = np.clip(self.vae_decode(latents).float32().numpy() / 2 + 0.5, 0.0, 1.0)
         return (x.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
 
 
@@ -146,13 +158,34 @@ def _component_class(path: Path, index: dict[str, Any], name: str) -> str:
     return entry[1]
 
 
-def load_pipeline(path: str | Path, dtype: str = "float32", variant: str | None = None) -> StableDiffusion:
-    """Load a diffusers Stable Diffusion folder (safetensors only, no network, no torch)."""
+def resolve_vae_dtype(dtype: str, vae_dtype: str | None, force_upcast: bool) -> str:
+    """The VAE's dtype: `vae_dtype`; None: `dtype`; "auto": float32 under float16 when the VAE config's
+    force_upcast is set (diffusers' SDXL pipelines: the fp16 VAE overflows into black/NaN images), else `dtype`."""
+    if vae_dtype == "auto":
+        return "float32" if dtype == "float16" and force_upcast else dtype
+    return vae_dtype or dtype
+
+
+def load_pipeline(
+    path: str | Path, dtype: str = "float32", variant: str | None = None, vae_dtype: str | None = None
+) -> StableDiffusion:
+    """Load a diffusers Stable Diffusion folder (safetensors only, no network, no torch).
+
+    vae_dtype: float32 / float16 / "auto" (`resolve_vae_dtype`) / None (`dtype`, as diffusers'
+    StableDiffusionPipeline); a float32 VAE under a float16 UNet decodes float16 latents cast to float32.
+    """
     path = Path(path)
     if not path.is_dir():
         raise WeightsError(f"{path}: model folder not found; pass a diffusers Stable Diffusion folder")
+    if vae_dtype not in (None, "auto", "float32", "float16"):
+        raise ConfigError(f"vae_dtype '{vae_dtype}' is not supported; use float32, float16 or auto")
     if dtype not in ("float32", "float16"):
         raise ConfigError(f"dtype '{dtype}' is not supported; use float32 or float16 (CUDA only)")
+    if vae_dtype == "auto":
+        vae_config = path / "vae" / "config.json"
+        force_upcast = read_json(vae_config).get("force_upcast", True) if vae_config.is_file() else True
+        vae_dtype = resolve_vae_dtype(dtype, vae_dtype, bool(force_upcast))
+    vae_dtype = vae_dtype or dtype
     index = read_json(path / "model_index.json")
     models = {}
     for name, (accepted, cls) in _MODEL_CLASSES.items():
@@ -161,7 +194,7 @@ def load_pipeline(path: str | Path, dtype: str = "float32", variant: str | None 
             raise ConfigError(
                 f"{path / 'model_index.json'}: {name} is a {class_name}; jstyle supports {', '.join(sorted(accepted))}"
             )
-        models[name] = load_model(cls, path / name, dtype=dtype, variant=variant)
+        models[name] = load_model(cls, path / name, dtype=vae_dtype if name == "vae" else dtype, variant=variant)
     tok_class = _component_class(path, index, "tokenizer")
     if tok_class not in _TOKENIZER_CLASSES:
         raise ConfigError(f"{path / 'model_index.json'}: tokenizer {tok_class} is not a CLIP tokenizer")
@@ -169,5 +202,5 @@ def load_pipeline(path: str | Path, dtype: str = "float32", variant: str | None 
     return StableDiffusion(
         tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
         scheduler_config=read_json(path / "scheduler" / "scheduler_config.json"),
-        path=path, dtype=dtype, **models,
+        path=path, dtype=dtype, vae_dtype=vae_dtype, **models,
     )

@@ -32,7 +32,7 @@ def train_lora(cfg: LoRATrainConfig, model: str | Path | None = None, pipe: Any 
             raise JStyleError("train_lora needs a model folder or a loaded pipeline")
         from .pipeline import load_pipeline
 
-        pipe = load_pipeline(model, dtype="float16" if cfg.mixed_precision == "fp16" else "float32")
+        pipe = load_pipeline(model, dtype="float16" if cfg.mixed_precision == "fp16" else "float32", vae_dtype="auto")
     return LoRATrainer(pipe, cfg).train(stop_after=stop_after)
 
 

@@ -8,7 +8,7 @@ style inversion is computed once per reference image and reused for every prompt
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +18,10 @@ from .graph import Task
 from .plan import RunConfig, content_path, final_path, lora_path
 from .workers import WorkerContext
 
-__all__ = ["execute", "OUTPUT_SIZE"]
+if TYPE_CHECKING:
+    from ..training import LoRATrainConfig
+
+__all__ = ["execute", "train_config", "OUTPUT_SIZE"]
 
 OUTPUT_SIZE = 512  # the challenge's result size
 
@@ -29,7 +32,9 @@ def _pipeline(cfg: RunConfig, ctx: WorkerContext):
         from ..pipeline import load_pipeline
 
         device = use_device(ctx.device)
-        ctx.cache["pipe"] = load_pipeline(cfg.model, dtype="float16" if device == "cuda" else "float32")
+        # float16 on CUDA, the VAE in float32 where its config asks (force_upcast: fp16 VAEs overflow)
+        dtype = "float16" if device == "cuda" else "float32"
+        ctx.cache["pipe"] = load_pipeline(cfg.model, dtype=dtype, vae_dtype="auto")
         ctx.log.info("loaded %s on %s", cfg.model, device)
     return ctx.cache["pipe"]
 
@@ -61,17 +66,24 @@ def _save(image: np.ndarray, path: Path, size: int | None = None) -> None:
     save_png(image, path)
 
 
-def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
-    from ..train_lora import train_lora
-    from ..training import preset
+def train_config(cfg: RunConfig, style: str, out_dir: Path, base_dtype: str) -> LoRATrainConfig:
+    """The LoRA recipe of one style's training task; a float16 base (CUDA) trains in fp16 mixed precision."""
+    from ..training import mixed_precision_for, preset
 
-    out = (ctx.out_dir / lora_path(task.style)).parent
-    overrides: dict[str, Any] = dict(style_dir=str(Path(cfg.data) / task.style), output_dir=str(out),
+    overrides: dict[str, Any] = dict(style_dir=str(Path(cfg.data) / style), output_dir=str(out_dir),
                                      resolution=cfg.train_size or cfg.size, seed=cfg.seed, progress=False,
-                                     gradient_checkpointing=cfg.gradient_checkpointing)
+                                     gradient_checkpointing=cfg.gradient_checkpointing,
+                                     mixed_precision=mixed_precision_for(base_dtype))
     if cfg.train_steps is not None:
         overrides["max_train_steps"] = cfg.train_steps
-    train_lora(preset(cfg.preset, **overrides), pipe=pipe)
+    return preset(cfg.preset, **overrides)
+
+
+def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
+    from ..train_lora import train_lora
+
+    out = (ctx.out_dir / lora_path(task.style)).parent
+    train_lora(train_config(cfg, task.style, out, pipe.dtype), pipe=pipe)
     ctx.cache["lora"] = task.style  # training leaves this style's LoRA in the pipeline
     return {"lora": lora_path(task.style)}
 

@@ -174,17 +174,17 @@ def img2img(
     cfg = guidance_scale > 1.0
     context = pipe.encode_prompt(negatives + prompts if cfg else prompts)
 
-    from ..ops import randn
+    from ..ops import as_dtype, randn
 
     with jt.no_grad():
-        dist = pipe.vae.encode(jt.array(pixels).cast(pipe.dtype))
+        dist = pipe.vae.encode(jt.array(pixels).cast(pipe.vae_dtype))
         if posterior == "mode":
             z0 = dist.mode()
         else:
             eps = randn(dist.mean.shape, generator, str(dist.mean.dtype)) if posterior_noise is None else \
                 jt.array(np.asarray(posterior_noise, np.float32)).cast(dist.mean.dtype)
             z0 = dist.mean + dist.std * eps  # posterior sample: mean + std * eps
-        z0 = z0 * pipe.vae.scaling_factor
+        z0 = as_dtype(z0 * pipe.vae.scaling_factor, pipe.dtype)  # from the VAE's dtype to the UNet's
         shape = tuple(z0.shape)
         if noise is None:
             noise_var = randn(shape, generator, str(z0.dtype))

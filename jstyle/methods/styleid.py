@@ -119,11 +119,7 @@ def _finish(attn: Attention, out: jt.Var, restore, residual: jt.Var) -> jt.Var:
 
 def _attend(attn: Attention, q: jt.Var, k: jt.Var, v: jt.Var, mask, temperature: float) -> jt.Var:
     """softmax(T * Q K^T / sqrt(d) + mask) V on [B, heads, N, d], upcast as Attention.attend."""
-    dtype = q.dtype
-    if attn.upcast_attention or attn.upcast_softmax or dtype != jt.float32:
-        q, k, v = q.float32(), k.float32(), v.float32()
-        mask = None if mask is None else mask.float32()
-    return attention(q, k, v, attn.scale * temperature, mask).cast(dtype)
+    return attention(q, k, v, attn.scale * temperature, mask, attn.upcast_attention, attn.upcast_softmax)
 
 
 class RecordProcessor:

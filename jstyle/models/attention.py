@@ -18,11 +18,19 @@ __all__ = ["Attention", "AttnProcessor", "AttentionHooksMixin"]
 
 
 class AttnProcessor:
-    """Default processor: multi-head scaled dot-product attention (diffusers' AttnProcessor)."""
+    """Default processor: multi-head scaled dot-product attention (diffusers' AttnProcessor).
+
+    `kernel` forces `jstyle.ops.attention`'s kernel ('batched' / 'per_head'); None lets it pick by device.
+    """
+
+    kernel: str | None = None
+
+    def __init__(self, kernel: str | None = None):
+        self.kernel = kernel
 
     def attend(self, attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> jt.Var:
         """[B, heads, N, d] attention of the layer's heads; subclasses add terms here (IP-Adapter)."""
-        return attn.attend(query, key, value, mask)
+        return attn.attend(query, key, value, mask, kernel=self.kernel)
 
     def __call__(
         self,
@@ -104,13 +112,12 @@ class Attention(nn.Module):
         b, h, n, d = x.shape
         return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
 
-    def attend(self, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None = None) -> jt.Var:
-        """softmax(Q K^T / sqrt(d) + mask) V, in float32 when upcasting is asked for or inputs are half."""
-        dtype = query.dtype
-        if self.upcast_attention or self.upcast_softmax or dtype != jt.float32:
-            query, key, value = query.float32(), key.float32(), value.float32()
-            mask = None if mask is None else mask.float32()
-        return attention(query, key, value, self.scale, mask).cast(dtype)
+    def attend(
+        self, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None = None, kernel: str | None = None
+    ) -> jt.Var:
+        """softmax(Q K^T / sqrt(d) + mask) V; Q K^T in float32 with upcast_attention, the softmax with
+        upcast_softmax, the probabilities and P V in V's dtype (diffusers' Attention.get_attention_scores)."""
+        return attention(query, key, value, self.scale, mask, self.upcast_attention, self.upcast_softmax, kernel)
 
     def set_processor(self, processor) -> None:
         self.processor = processor

@@ -88,7 +88,8 @@ class CLIPAttention(nn.Module):
     def execute(self, hidden_states: jt.Var, mask: jt.Var | None = None) -> jt.Var:
         b, s, d = hidden_states.shape
         q, k, v = (self._heads(p(hidden_states)) for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = attention(q, k, v, self.scale, mask)  # softmax(Q K^T / sqrt(d_head) + mask) V
+        # softmax(Q K^T / sqrt(d_head) + mask) V, the softmax in float32 (transformers' eager CLIP attention)
+        out = attention(q, k, v, self.scale, mask, upcast_softmax=True)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, s, d))
 
 

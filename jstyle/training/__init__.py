@@ -1,6 +1,7 @@
 """DreamBooth-LoRA training: config and presets, data, AdamW and schedules, the training loop."""
 
-from .config import PRESETS, LoRATrainConfig, preset
+from .config import PRESETS, LoRATrainConfig, mixed_precision_for, preset
 from .trainer import Batch, LoRATrainer, dreambooth_loss, mse
 
-__all__ = ["PRESETS", "LoRATrainConfig", "preset", "Batch", "LoRATrainer", "dreambooth_loss", "mse"]
+__all__ = ["PRESETS", "LoRATrainConfig", "mixed_precision_for", "preset", "Batch", "LoRATrainer", "dreambooth_loss",
+           "mse"]

@@ -165,6 +165,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def mixed_precision_for(base_dtype: str) -> str:
+    """The precision LoRA training on a base in `base_dtype` runs in: a float16 base needs "fp16" (float32 LoRA
+    tensors, a dynamic loss scale), as diffusers' scripts tie a float16 weight_dtype to --mixed_precision fp16."""
+    return "fp16" if base_dtype == "float16" else "no"
+
+
 def preset(name: str, **overrides: Any) -> LoRATrainConfig:
     """A named recipe (PRESETS) with overrides, e.g. preset('strong', style_dir='data/03')."""
     if name not in PRESETS:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import lora as L
 from ..errors import ConfigError, InputError
+from ..ops import as_dtype
 from ..schedulers import DDIMScheduler
 from .checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing, run_backward
 from .config import RESUME_FREE_FIELDS, LoRATrainConfig
@@ -64,6 +65,10 @@ class LoRATrainer:
     """Holds the pipeline with LoRA injected, the data, the optimizer; `train()` runs to max_train_steps."""
 
     def __init__(self, pipe: Any, cfg: LoRATrainConfig, examples: list[Example] | None = None):
+        if getattr(pipe, "dtype", "float32") == "float16" and cfg.mixed_precision != "fp16":
+            # float16 activations and gradients with a loss scale of 1 underflow (accelerate refuses float16 params)
+            raise ConfigError("a float16 pipeline trains LoRA with mixed_precision='fp16' (float32 LoRA tensors, "
+                              "loss scaling); set it, or load the pipeline in float32")
         self.pipe, self.cfg = pipe, cfg
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler_config)
         self.prediction_type = pipe.scheduler_config.get("prediction_type", "epsilon")
@@ -155,15 +160,15 @@ class LoRATrainer:
         return jt.array(np.stack([self._text_cache[p] for p in prompts]))
 
     def encode_latents(self, pixels: np.ndarray, rng: np.random.Generator) -> jt.Var:
-        vae, dtype = self.pipe.vae, self.pipe.dtype
-        x = jt.array(pixels).cast(dtype)
+        vae = self.pipe.vae
+        x = jt.array(pixels).cast(self.pipe.vae_dtype)
         if "vae" in self.lora_models:
             z = vae.encode(x).sample(rng)
         else:
             with jt.no_grad():
                 z = vae.encode(x).sample(rng)
             z = z.stop_grad()
-        return z * vae.scaling_factor
+        return as_dtype(z * vae.scaling_factor, self.pipe.dtype)  # from the VAE's dtype to the UNet's
 
     def compute_loss(self, batch: Batch, rng: np.random.Generator) -> jt.Var:
         """Diffusion loss of one micro-batch: VAE sample, then noise, then timesteps are drawn from rng."""

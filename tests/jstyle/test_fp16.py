@@ -5,14 +5,19 @@ float32 for float16 inputs and oneDNN refused the mixed float32 x float16 matmul
 
 from __future__ import annotations
 
+import dataclasses
+
 import jittor as jt
 import numpy as np
 import pytest
 from PIL import Image
 
 from jstyle import lora as L
+from jstyle.errors import ConfigError
+from jstyle.jobs.plan import RunConfig
+from jstyle.jobs.stages import train_config
 from jstyle.pipeline import load_pipeline
-from jstyle.training import LoRATrainConfig, LoRATrainer
+from jstyle.training import LoRATrainConfig, LoRATrainer, mixed_precision_for
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +64,26 @@ def test_mixed_precision_lora_step_follows_float32(pipes, tmp_path):
     # measured: losses 0.4515/0.4303 vs 0.4525/0.4305; LoRA tensors within 3.7e-3 (of up to 0.93)
     np.testing.assert_allclose(l16, l32, rtol=1e-2)
     assert max(np.abs(a - b).max() for a, b in zip(w32, w16, strict=True)) < 2e-2
+
+
+def test_float16_base_trains_with_loss_scaling_and_float32_lora(pipes, tmp_path):
+    """The run stages load a float16 base on CUDA: its LoRA recipe resolves to fp16 mixed precision (dynamic
+    loss scale 2**16, float32 LoRA tensors); a float16 base with mixed_precision 'no' is refused."""
+    (tmp_path / "03" / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "03" / "images" / "Dolphin.png")
+    run = RunConfig(data=str(tmp_path), model="m", out=str(tmp_path / "out"), train_size=16)
+    assert (mixed_precision_for("float16"), mixed_precision_for("float32")) == ("fp16", "no")
+    p32, p16 = pipes
+    assert train_config(run, "03", tmp_path / "lora", p32.dtype).mixed_precision == "no"
+    cfg = train_config(run, "03", tmp_path / "lora", p16.dtype)
+    assert cfg.mixed_precision == "fp16"
+    try:
+        tr = LoRATrainer(p16, cfg)
+        assert tr.loss_scale == 2.0**16
+        assert tr.params and {str(p.dtype) for p in tr.params} == {"float32"}
+        assert p16.unet.conv_in.weight.dtype == "float16"
+    finally:
+        L.remove_lora(p16.unet)
+        L.remove_lora(p16.text_encoder)
+    with pytest.raises(ConfigError, match="a float16 pipeline trains LoRA with mixed_precision='fp16'"):
+        LoRATrainer(p16, dataclasses.replace(cfg, mixed_precision="no"))
