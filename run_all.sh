@@ -6,6 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 envs=jstyle
 for arg in "$@"; do [ "$arg" = --demo ] && envs=all; done   # the demo also scores with the checker
 bash "$root/envs/setup.sh" "$envs"
+export JSTYLE_CUDA_NOTE=1  # set-up said it once (a CUDA toolkit without a driver, ...): not again below
 # shellcheck source=envs/env.sh
 source "$root/envs/env.sh"
 exec "$JSTYLE_PYTHON" "$root/run_all.py" "$@"

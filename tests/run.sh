@@ -8,6 +8,7 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash envs/setup.sh all || { echo "error: environment set-up failed (see above)"; exit 1; }
+export JSTYLE_CUDA_NOTE=1  # set-up said it once (a CUDA toolkit without a driver, ...): not again below
 # Where a CUDA toolkit exists, Jittor's CUDA core and extern ops are built once per machine (cached in
 # $JSTYLE_HOME/jittor-cuda-build, like the CPU core) as part of set-up; tests/jstyle/test_cuda_build.py
 # checks that build (and builds it itself when run alone). No toolkit: skipped with a line (exit 3).
