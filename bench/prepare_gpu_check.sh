@@ -21,7 +21,7 @@ ref_names='^(diffusers|requests|urllib3|certifi|charset-normalizer|idna|importli
 mapfile -t ref_pins < <(grep -E "$ref_names" envs/checker-requirements.txt)
 [ "${#ref_pins[@]}" = 9 ] || { echo "error: expected 9 pins matching $ref_names in envs/checker-requirements.txt" >&2; exit 1; }
 printf '%s\n' "${ref_pins[@]}" > "$whl/ref-requirements.txt"
-build_pins=(setuptools==80.9.0 wheel==0.45.1)
+build_pins=(setuptools==80.9.0 wheel==0.45.1 pip==25.2)   # pip: for a base python whose venv has no ensurepip
 
 mkdir -p "$whl"
 grep -v '^\s*#' envs/jstyle-requirements.txt | sed 's/\s*#.*//; /^\s*$/d' | grep -Ev "$skip" > "$whl/requirements.txt.tmp"
