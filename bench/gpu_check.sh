@@ -38,7 +38,7 @@ if [ "$mode" = gpu ]; then
   device=cuda dtype=float16 demo_devices=0 latent=64 size=512 t2i_steps=25 styleid_steps=50 repeats=3
   tests="test_unet.py test_vae.py test_clip_text.py test_fp16.py test_pipeline.py test_lora.py"
   # phase limits, seconds (the budget caps them; what is left over flows to the later phases)
-  lim_machine=60 lim_refsite=90 lim_build=300 lim_cuda_ops=90 lim_parity=120 lim_sd21=240
+  lim_machine=60 lim_refsite=90 lim_build=300 lim_cuda_ops=90 lim_parity=100 lim_sd21=240
   lim_unet=150 lim_txt2img=120 lim_train=120 lim_styleid=100 lim_runner=150
 else
   : "${OUT:=$root/outputs/gpu_check_dry}"

@@ -48,7 +48,8 @@ done < <(cat "$whl/requirements.txt"; printf '%s\n' "${build_pins[@]}" "${ref_pi
 [ "$missing" = 0 ] || exit 1
 
 echo "wheels in .whl/:"
-(cd "$whl" && ls -l --block-size=K -- *.whl *.tar.gz 2>/dev/null | awk '{printf "  %8s  %s\n", $5, $9}')
+find "$whl" -mindepth 1 -maxdepth 1 -type f \( -name '*.whl' -o -name '*.tar.gz' \) -printf '%k %f\n' | sort -k2 \
+  | awk '{printf "  %8s KiB  %s\n", $1, $2}'
 whl_kib="$(du -sk "$whl" | cut -f1)"
 tree_kib="$(git ls-files -z --cached --others --exclude-standard | du -ck --files0-from=- 2>/dev/null | tail -n 1 | cut -f1)"
 total_mib=$(( (whl_kib + tree_kib + 1023) / 1024 ))
@@ -57,5 +58,8 @@ echo "size: .whl ${whl_kib} KiB + working tree ${tree_kib} KiB = ${total_mib} Mi
 cat <<MSG
 ready. On a session lent a GPU, make this one call (then give_back):
   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=560)
-It writes \$OUT/gpu_check.json and \$OUT/gpu_check.log (plus the pytest report and the bench outputs).
+It writes \$OUT/gpu_check.json and \$OUT/gpu_check.log (every phase: status, seconds, figures).
+If the budget ran out before the benchmarks, a second call on the still-warm machine reuses the build
+(.gpu-check-home/ stays in its tree) and runs only what is named, e.g.:
+  run(command="JSTYLE_GPU_CHECK_PHASES=machine,refsite,build,sd21,bench_unet,bench_txt2img,bench_train,bench_styleid,runner bash bench/gpu_check.sh", carry=[".whl"], timeout_s=560)
 MSG
