@@ -5,6 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 envs=jstyle
 for arg in "$@"; do [ "$arg" = --demo ] && envs=all; done   # the demo also scores with the checker
+for arg in "$@"; do [ "$arg" = --no-check ] && envs=jstyle; done   # ... unless told not to (no checker env)
 bash "$root/envs/setup.sh" "$envs"
 export JSTYLE_CUDA_NOTE=1  # set-up said it once (a CUDA toolkit without a driver, ...): not again below
 # shellcheck source=envs/env.sh

@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -32,6 +33,19 @@ TEXT = dict(
     pad_token_id=0,
 )
 
+# JSTYLE_BENCH_TINY=1 (bench/gpu_check.sh --dry-run): the same architecture, narrow and shallow, so that the
+# plumbing runs on a CPU in seconds (the text encoder keeps SD 2.1's width: the UNet's context is 1024 wide).
+TINY = dict(unet=dict(block_out_channels=(32, 64, 64, 64), attention_head_dim=(2, 4, 4, 4), sample_size=8),
+            vae=dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, sample_size=64),
+            text=dict(num_hidden_layers=2, intermediate_size=1024))
+
+
+def configs(tiny: bool = False) -> tuple[dict, dict, dict]:
+    """(UNET, VAE, TEXT) configs: SD 2.1's, or its narrow and shallow variant."""
+    if not tiny:
+        return UNET, VAE, TEXT
+    return {**UNET, **TINY["unet"]}, {**VAE, **TINY["vae"]}, {**TEXT, **TINY["text"]}
+
 
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     """Run once to warm up (Jittor compiles here), then `repeats` times; seconds."""
@@ -50,7 +64,86 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def device_memory_mb() -> dict[str, float]:
+    """This process's GPU memory as its own library reports it (empty on CPU): PyTorch's peak of allocated
+    tensors (torch.cuda.max_memory_allocated) and reserved; Jittor 1.3.11 keeps no peak, so its allocator's
+    use now (jt.get_mem_info().total_cuda_used, read after the timed calls). Looks only at modules imported."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"torch_max_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                "torch_max_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+    jt = sys.modules.get("jittor")
+    if jt is not None and jt.flags.use_cuda:
+        return {"jittor_cuda_used_mb": round(jt.get_mem_info().total_cuda_used / 2**20, 1)}
+    return {}
+
+
+class GpuSampler:
+    """Peak GPU memory of processes by polling nvidia-smi (every `period` s, in a thread): the same measure
+    for both sides (what the driver charges: CUDA context, caching allocators included). Per pid where
+    nvidia-smi reports pids of this namespace, and the whole GPU's used memory in any case."""
+
+    def __init__(self, period: float = 0.2):
+        self.period, self.per_pid, self.gpu_max, self.gpu_base = period, {}, 0.0, None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _query(what: str) -> list[list[str]]:
+        try:
+            out = subprocess.run(["nvidia-smi", f"--query-{what}", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        return [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
+
+    def _poll(self) -> None:
+        for pid, used in self._query("compute-apps=pid,used_memory"):
+            if pid.isdigit() and used.isdigit():
+                self.per_pid[int(pid)] = max(self.per_pid.get(int(pid), 0.0), float(used))
+        used = sum(float(r[0]) for r in self._query("gpu=memory.used") if r and r[0].isdigit())
+        self.gpu_base = used if self.gpu_base is None else self.gpu_base
+        self.gpu_max = max(self.gpu_max, used)
+
+    def start(self) -> GpuSampler:
+        """Start polling (does nothing without nvidia-smi)."""
+        if subprocess.run(["sh", "-c", "command -v nvidia-smi"], capture_output=True).returncode != 0:
+            return self
+        self._poll()
+
+        def loop() -> None:
+            while not self._stop.wait(self.period):
+                self._poll()
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        """Stop; {'gpu_used_max_mb', 'gpu_used_before_mb'} (MiB) or {} without nvidia-smi."""
+        if self._thread is None:
+            return {}
+        self._stop.set()
+        self._thread.join()
+        return {"gpu_used_max_mb": self.gpu_max, "gpu_used_before_mb": self.gpu_base or 0.0}
+
+    def peak_of(self, pid: int) -> float | None:
+        """The largest used_memory (MiB) nvidia-smi reported for `pid`, None when it never listed it."""
+        return self.per_pid.get(pid)
+
+
+MEMORY_KEYS = ("gpu_mb_nvidia_smi", "torch_max_allocated_mb", "torch_max_reserved_mb", "jittor_cuda_used_mb")
+
+
+def memory_of(result: dict, sampler: GpuSampler | None = None, pid: int | None = None) -> dict:
+    """The GPU memory figures of one side's result (MEMORY_KEYS), plus nvidia-smi's peak for `pid`."""
+    out = {k: result[k] for k in MEMORY_KEYS if k in result}
+    if sampler is not None and pid is not None:
+        out["gpu_mb_nvidia_smi"] = sampler.peak_of(pid)
+    return out
+
+
 def emit(result: dict) -> None:
+    """One BENCH_JSON line on stdout (the driver reads it)."""
     print("BENCH_JSON " + json.dumps(result), flush=True)
 
 
@@ -70,7 +163,7 @@ def serve(tasks: dict[str, Callable[[], object]]) -> None:
         t0 = time.perf_counter()
         tasks[name]()
         emit({"task": name, "s": time.perf_counter() - t0})
-    emit({"peak_rss_mb": peak_rss_mb()})
+    emit({"peak_rss_mb": peak_rss_mb(), **device_memory_mb()})
 
 
 # glibc's malloc backs large blocks with transparent huge pages (kernel THP mode "madvise"): both sides run
@@ -95,6 +188,7 @@ class Worker:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, bufsize=1, env=env)
         self.first = self._read()["ready"]
+        self.final: dict = {}
 
     def _read(self) -> dict:
         for line in self.proc.stdout:
@@ -113,7 +207,8 @@ class Worker:
         """Stop the worker; its peak RSS in MB."""
         self.proc.stdin.write("quit\n")
         self.proc.stdin.flush()
-        peak = self._read()["peak_rss_mb"]
+        self.final = self._read()
+        peak = self.final["peak_rss_mb"]
         self.proc.wait()
         self.log.close()
         return peak

@@ -4,6 +4,8 @@ from the shapes (what StyleID keeps: the style's K and V and each content image'
 layer and timestep; nothing goes to disk).
 
     source envs/env.sh && $JSTYLE_PYTHON bench/methods_memory.py [--size 64] [--steps 10]
+    $JSTYLE_PYTHON bench/methods_memory.py --one styleid --model DIR --size 512 --steps 50 --device cuda \
+        --dtype float16 --json        (one method on a given model: bench/gpu_check.sh's StyleID timing)
 """
 
 from __future__ import annotations
@@ -17,18 +19,25 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _sd21 import UNET, emit, peak_rss_mb  # noqa: E402
-from unet_step import collect  # noqa: E402
+from _sd21 import UNET, device_memory_mb, emit, peak_rss_mb  # noqa: E402
+from unet_step import collect, device_args, gpu_check_line  # noqa: E402
 
 METHODS = ("txt2img", "sdedit", "styleid", "diffstyle")
 
 
-def one(method: str, model: Path, size: int, steps: int) -> None:
+def one(method: str, model: Path, size: int, steps: int, device: str = "cpu", dtype: str = "float32") -> dict:
+    """Run `method` once on `model`; emit and return its seconds (model loaded) and peak memory."""
     import numpy as np
 
     from jstyle import load_pipeline
+    from jstyle.device import use_device
 
-    pipe = load_pipeline(model)
+    if not (model / "model_index.json").exists():  # the random SD2.1 folder of bench/unet_step.py
+        from txt2img import complete_folder
+
+        complete_folder(model)
+    use_device(device)
+    pipe = load_pipeline(model, dtype=dtype)
     rng = np.random.default_rng(0)
     content = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     style = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -47,7 +56,10 @@ def one(method: str, model: Path, size: int, steps: int) -> None:
         from jstyle.methods.diffstyle import DiffStyleConfig, diffstyle
 
         diffstyle(pipe, content, style, DiffStyleConfig(steps=steps, start_step=steps - 1))
-    emit({"method": method, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()})
+    result = {"method": method, "seconds": round(time.perf_counter() - start, 3), "peak_rss_mb": peak_rss_mb(),
+              **device_memory_mb()}
+    emit(result)
+    return result
 
 
 def styleid_cache_gb(size: int = 512, steps: int = 49, bytes_per: int = 2) -> float:
@@ -64,11 +76,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)
-    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--one", choices=METHODS, help="run this method only (on --model)")
+    p.add_argument("--model", type=Path, help="with --one: a diffusers SD folder")
+    device_args(p)
     args = p.parse_args()
     if args.one:
-        one(args.one, args.model, args.size, args.steps)
+        if args.model is None:
+            p.error("--one needs --model DIR")
+        r = one(args.one, args.model, args.size, args.steps, args.device, args.dtype)
+        if args.json:
+            gpu_check_line({"bench": f"method_{args.one}", "device": args.device, "dtype": args.dtype,
+                            "size": args.size, "steps": args.steps, "jstyle": r})
         return 0
     from jstyle.tiny import write_tiny_pipeline
 

@@ -3,6 +3,8 @@
 #   bash envs/setup.sh [jstyle|checker|all]      (default: all)
 #   bash envs/setup.sh cuda-build                 (CI: Jittor's CUDA core + extern ops build here, no GPU needed)
 # jstyle env: Jittor side, never torch. checker env: PyTorch side, never jittor.
+# JSTYLE_REQUIREMENTS=FILE installs the jstyle env from FILE instead of envs/jstyle-requirements.txt
+# (bench/gpu_check.sh: the offline subset carried in .whl/, with PIP_NO_INDEX=1 PIP_FIND_LINKS=.whl).
 # Both live at stable paths (see envs/env.sh) so Jittor's core build is paid once per machine.
 # A second run with unchanged requirements is a no-op.
 set -euo pipefail
@@ -213,7 +215,7 @@ fi
 if [ "$which_envs" != checker ]; then
   exec 9>"$JSTYLE_HOME/setup-jstyle.lock"
   flock 9
-  timed "jstyle env" make_env jstyle "$JSTYLE_ENV" "$here/jstyle-requirements.txt" torch
+  timed "jstyle env" make_env jstyle "$JSTYLE_ENV" "${JSTYLE_REQUIREMENTS:-$here/jstyle-requirements.txt}" torch
   timed "Jittor patch" patch_jittor
   if [ "$which_envs" = cuda-build ]; then
     timed "cuda-build" cuda_build_check

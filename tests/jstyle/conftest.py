@@ -3,6 +3,10 @@
 Reference outputs come from diffusers/transformers, computed by tests/reference/make_tiny.py in
 the checker env (a separate process: torch never enters the jstyle env) and cached per machine,
 keyed by the script's hash.
+
+JSTYLE_TEST_DEVICE=cuda runs every test with Jittor on CUDA (jt.flags.use_cuda = 1 for the session; the
+references stay diffusers' on the checker env's device); unset or `cpu`, the default, runs on CPU.
+bench/gpu_check.sh uses it for the parity tests on a GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +26,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MAKE_TINY = ROOT / "tests" / "reference" / "make_tiny.py"
 SERVE = ROOT / "tests" / "reference" / "serve.py"
+
+
+def jstyle_test_device() -> str:
+    """JSTYLE_TEST_DEVICE: 'cpu' (default) or 'cuda'."""
+    device = os.environ.get("JSTYLE_TEST_DEVICE", "cpu") or "cpu"
+    if device not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"JSTYLE_TEST_DEVICE={device!r}: use cpu or cuda")
+    return device
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jittor_device():
+    """Point Jittor at JSTYLE_TEST_DEVICE for the whole session (CUDA fails the session when Jittor has none)."""
+    device = jstyle_test_device()
+    if device == "cpu":
+        yield device
+        return
+    import jittor as jt
+
+    if not jt.has_cuda:
+        pytest.exit("JSTYLE_TEST_DEVICE=cuda but Jittor has no CUDA here (run bash envs/setup.sh on a machine "
+                    "with a CUDA toolkit and driver, or unset JSTYLE_TEST_DEVICE)", returncode=3)
+    jt.flags.use_cuda = 1
+    yield device
+    jt.flags.use_cuda = 0
 
 
 def checker_python() -> str:
