@@ -104,7 +104,7 @@ def _is_style_dir(p: Path) -> bool:
     return p.is_dir() and not p.name.startswith(".") and ((p / "images").is_dir() or (p / "prompt.json").is_file())
 
 
-def discover_styles(data: Path, wanted: tuple[str, ...] | None = None) -> list[str]:
+def discover_styles(data: Path, wanted: tuple[str, ...] | None = None, flag: str = "--styles") -> list[str]:
     """Sorted style names of the dataset (folders with images/ or prompt.json), optionally filtered."""
     if not data.is_dir():
         raise CheckerError(f"--data {data}: not a folder; expected <data>/<style>/images and prompt.json")
@@ -115,7 +115,8 @@ def discover_styles(data: Path, wanted: tuple[str, ...] | None = None) -> list[s
         return styles
     unknown = [s for s in wanted if s not in styles]
     if unknown:
-        raise CheckerError(f"--styles {','.join(unknown)}: not in {data} (has {','.join(styles)})")
+        raise CheckerError(f"{flag} {','.join(unknown)}: not in {data} (has {','.join(styles)}); "
+                           "pick styles it has with --styles")
     return [s for s in styles if s in set(wanted)]
 
 

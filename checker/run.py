@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from checker import __version__
-from checker.config import METRICS, RANDOM_WEIGHTS_WARNING, CheckerConfig
+from checker.config import COURSE_STYLES, METRICS, RANDOM_WEIGHTS_WARNING, CheckerConfig
 from checker.data import Problem, StyleData, candidate_prompts, discover_styles, list_images, load_style
 from checker.errors import CheckerError
 from checker.score import aggregate_fid, final_from, mean_or_none
@@ -219,7 +219,8 @@ def check_inputs(cfg: CheckerConfig) -> list[str]:
     """Fail fast (before any model is loaded) on a bad --submission / --data / --styles."""
     if not cfg.submission.is_dir():
         raise CheckerError(f"--submission {cfg.submission}: not a folder; expected <submission>/<style>/<Prompt>.png")
-    styles = discover_styles(cfg.data, cfg.styles)
+    flag = "--course-styles" if cfg.styles == COURSE_STYLES else "--styles"
+    styles = discover_styles(cfg.data, cfg.styles, flag)
     if "clip_r" in cfg.metrics:
         candidate_prompts(cfg.data, cfg.clip_r_prompts)
     return styles

@@ -179,3 +179,8 @@ def test_course_styles_and_mixed_fid_sizes(tmp_path: Path, backbones, capsys: py
     assert main(["--submission", str(sub), "--data", str(data), "--out", str(out), "--course-styles",
                  "--styles", "00", "--random-weights", "--quiet"]) == 2
     assert "--course-styles and --styles" in capsys.readouterr().err
+    small, small_sub = make_synthetic(tmp_path / "small", 2, 1, 2, size=32)
+    assert main(["--submission", str(small_sub), "--data", str(small), "--course-styles", "--random-weights",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--course-styles 02,03" in err and len(err.strip().splitlines()) == 1
