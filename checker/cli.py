@@ -16,17 +16,31 @@ from pathlib import Path
 from typing import Any
 
 from checker import __version__
-from checker.config import FID_MODES, METRIC_NAMES, METRICS, MODES, RANDOM_WEIGHTS_WARNING, CheckerConfig
+from checker.config import (
+    CLIP_R_SHIPPED,
+    CLIP_R_UNION,
+    COURSE_STYLES,
+    FID_MODE_ALIASES,
+    FID_MODES,
+    METRIC_NAMES,
+    METRICS,
+    MODES,
+    RANDOM_WEIGHTS_WARNING,
+    CheckerConfig,
+)
 from checker.errors import CheckerError
 from checker.weights import SLOTS, WEIGHTS_DIR_ENV
 
 __all__ = ["build_parser", "config_from_args", "main", "write_json_atomic"]
 
 _EPILOG = f"""
-modes:
-  official  reproduces the challenge checker, quirks included: uint8 wraps in the histograms,
-            FID over the last style only, CLIP-IQA fed ToTensor()*255 with data_range=1.
-  fixed     histograms without wraps, FID = mean of per-style FIDs, CLIP-IQA on [0, 1] input.
+modes (both: pooled FID, the shipped 215-word CLIP-R list, clip_iqa under its own key,
+stray files ignored, mixed sizes scored; docs/checker.md has the quirk table):
+  official  the distributed score_api.py + fid_api.py as they ran: uint8 wraps in the histograms,
+            CLIP-IQA fed ToTensor()*255 with data_range=1.
+  fixed     histograms without wraps, CLIP-IQA on [0, 1] input.
+fid modes: pooled (fid_api.py: one FID, all styles' references vs all generated images),
+  last-style (the unused fid_api_old.py's bug), per-style-mean (jstyle's own rule).
 final = (0.2 dino + 0.4 hist + 0.4 (1 - lpips)) * (0.5 clip_r + 0.4 (20 - min(fid, 20)) / 20 + 0.1 clip_iqa)
 
 weights (never downloaded): --weights DIR (or ${WEIGHTS_DIR_ENV}) holding
@@ -57,13 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"weights folder (default ${WEIGHTS_DIR_ENV}); layout below")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--mode", choices=MODES, default="official", help="official (default) or fixed")
-    p.add_argument("--fid-mode", choices=FID_MODES, default=None,
-                   help="override the mode's FID rule (official: last-style, fixed: all-styles)")
+    p.add_argument("--fid-mode", choices=FID_MODES + tuple(FID_MODE_ALIASES), default=None, metavar="RULE",
+                   help=f"{' | '.join(FID_MODES)} (default pooled; all-styles: old name of per-style-mean)")
     p.add_argument("--styles", default=None, metavar="LIST", help="comma-separated subset, e.g. 00,01 (default: all)")
+    p.add_argument("--course-styles", action="store_true",
+                   help="score exactly styles 00-14, as the course copy (score_api.py ref_style_numbers = 15)")
     p.add_argument("--metrics", default=",".join(METRIC_NAMES), metavar="LIST",
                    help=f"comma-separated subset of {','.join(METRIC_NAMES)}; the final score needs all six")
-    p.add_argument("--clip-r-prompts", type=Path, default=None, metavar="TXT",
-                   help="CLIP-R candidate words, one per line (default <data>/clip_r_prompts.txt, else all prompts)")
+    p.add_argument("--clip-r-prompts", default=CLIP_R_SHIPPED, metavar="TXT",
+                   help=f"CLIP-R candidate words: a file, one per line; {CLIP_R_SHIPPED} (default: the distributed "
+                        f"215-word clip_r_prompts.txt); {CLIP_R_UNION} (all prompt.json values of --data)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights for every backbone (demo/tests only: scores are MEANINGLESS)")
@@ -102,11 +119,20 @@ def config_from_args(args: argparse.Namespace) -> CheckerConfig:
         raise CheckerError(f"--metrics {','.join(unknown)}: unknown; choose from {','.join(METRIC_NAMES)}")
     if args.batch_size < 1:
         raise CheckerError("--batch-size must be >= 1")
+    styles = _csv(args.styles)
+    if args.course_styles:
+        if styles is not None:
+            raise CheckerError("--course-styles and --styles: give one of them (--course-styles = --styles 00,...,14)")
+        styles = COURSE_STYLES
+    if args.fid_mode in FID_MODE_ALIASES:
+        print(f"note: --fid-mode {args.fid_mode} is deprecated; it is {FID_MODE_ALIASES[args.fid_mode]}",
+              file=sys.stderr)
+    prompts = args.clip_r_prompts
     return CheckerConfig(
         submission=args.submission, data=args.data, mode=args.mode, fid_mode=args.fid_mode,
-        styles=_csv(args.styles), metrics=tuple(m for m in METRIC_NAMES if m in metrics),
+        styles=styles, metrics=tuple(m for m in METRIC_NAMES if m in metrics),
         device=_resolve_device(args.device), batch_size=args.batch_size, random_weights=args.random_weights,
-        seed=args.seed, clip_r_prompts=args.clip_r_prompts,
+        seed=args.seed, clip_r_prompts=prompts if prompts in (CLIP_R_SHIPPED, CLIP_R_UNION) else Path(prompts),
     )
 
 

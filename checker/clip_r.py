@@ -1,9 +1,11 @@
 """clip_r_score: CLIP ViT-L/14 R-precision@5 of each generated image against the prompt words.
 
-For an image with file stem ``Own``: own = "own" (lower-cased), candidates = set(all prompts +
-[own]) as raw words (no template), ``CLIPProcessor(padding=True)``. Hit if own is among the 5
-largest ``logits_per_image``. Score = hits / images (micro average over styles); a missing
-prompt image counts as a miss. Ties (identical logits) resolve in the image's favour.
+score_api.py ``get_clip_r_score``: for an image with file stem ``Own``: own = "own"
+(lower-cased), candidates = ``list(set(prompts + [own]))`` as raw words (no template), prompts =
+the distributed clip_r_prompts.txt (checker/data.py ``candidate_prompts``),
+``CLIPProcessor(padding=True)``. Hit if own is among the 5 largest ``logits_per_image``.
+Score = hits / images (micro average over styles); a missing prompt image counts as a miss.
+Ties (identical logits) resolve in the image's favour.
 """
 
 from __future__ import annotations

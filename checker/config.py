@@ -11,6 +11,10 @@ __all__ = [
     "METRIC_NAMES",
     "MODES",
     "FID_MODES",
+    "FID_MODE_ALIASES",
+    "COURSE_STYLES",
+    "CLIP_R_SHIPPED",
+    "CLIP_R_UNION",
     "CheckerConfig",
     "RANDOM_WEIGHTS_WARNING",
 ]
@@ -40,7 +44,13 @@ METRICS: dict[str, MetricInfo] = {
 }
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 MODES = ("official", "fixed")
-FID_MODES = ("last-style", "all-styles")
+FID_MODES = ("pooled", "last-style", "per-style-mean")
+# old name -> new name (kept working; the CLI prints a deprecation line)
+FID_MODE_ALIASES = {"all-styles": "per-style-mean"}
+# score_api.py get_score: ``ref_style_numbers = 15`` -> styles 00..14
+COURSE_STYLES: tuple[str, ...] = tuple(f"{i:02d}" for i in range(15))
+CLIP_R_SHIPPED = "shipped"  # checker/resources/clip_r_prompts.txt (the distributed 216-line file)
+CLIP_R_UNION = "union"  # the lower-cased union of the scored dataset's prompt.json values
 
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM WEIGHTS: every backbone was built with random weights; these scores are MEANINGLESS "
@@ -55,18 +65,20 @@ class CheckerConfig:
     submission: Path
     data: Path
     mode: str = "official"
-    fid_mode: str | None = None  # None: last-style in official mode, all-styles in fixed mode
+    fid_mode: str | None = None  # None: pooled (both modes: it is what the distributed fid_api.py ran)
     styles: tuple[str, ...] | None = None  # None: every style of the dataset
     metrics: tuple[str, ...] = METRIC_NAMES
     device: str = "cpu"  # resolved device ("cpu", "cuda", "cuda:1"); the CLI resolves "auto"
     batch_size: int = 16
     random_weights: bool = False
     seed: int = 0  # only used for --random-weights
-    clip_r_prompts: Path | None = None  # None: <data>/clip_r_prompts.txt if present, else the union
+    clip_r_prompts: Path | str = CLIP_R_SHIPPED  # a word file, "shipped" (default) or "union"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.fid_mode in FID_MODE_ALIASES:
+            object.__setattr__(self, "fid_mode", FID_MODE_ALIASES[self.fid_mode])
         if self.fid_mode is not None and self.fid_mode not in FID_MODES:
             raise ValueError(f"fid_mode must be one of {FID_MODES}, got {self.fid_mode!r}")
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -76,15 +88,17 @@ class CheckerConfig:
             raise ValueError("batch_size must be >= 1")
 
     @property
+    def uses_union_prompts(self) -> bool:
+        return isinstance(self.clip_r_prompts, str) and self.clip_r_prompts == CLIP_R_UNION
+
+    @property
     def official(self) -> bool:
         return self.mode == "official"
 
     @property
     def effective_fid_mode(self) -> str:
-        """FID over the last style only (original bug) or the mean of per-style FIDs."""
-        if self.fid_mode is not None:
-            return self.fid_mode
-        return "last-style" if self.official else "all-styles"
+        """pooled (fid_api.py, what ran), last-style (fid_api_old.py's bug) or per-style-mean."""
+        return self.fid_mode if self.fid_mode is not None else "pooled"
 
     @property
     def hist_wraps(self) -> bool:

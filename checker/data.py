@@ -24,6 +24,8 @@ __all__ = [
     "read_prompts",
     "discover_styles",
     "candidate_prompts",
+    "read_word_file",
+    "SHIPPED_PROMPTS",
     "load_style",
 ]
 
@@ -102,7 +104,7 @@ def _is_style_dir(p: Path) -> bool:
     return p.is_dir() and not p.name.startswith(".") and ((p / "images").is_dir() or (p / "prompt.json").is_file())
 
 
-def discover_styles(data: Path, wanted: tuple[str, ...] | None = None) -> list[str]:
+def discover_styles(data: Path, wanted: tuple[str, ...] | None = None, flag: str = "--styles") -> list[str]:
     """Sorted style names of the dataset (folders with images/ or prompt.json), optionally filtered."""
     if not data.is_dir():
         raise CheckerError(f"--data {data}: not a folder; expected <data>/<style>/images and prompt.json")
@@ -113,25 +115,45 @@ def discover_styles(data: Path, wanted: tuple[str, ...] | None = None) -> list[s
         return styles
     unknown = [s for s in wanted if s not in styles]
     if unknown:
-        raise CheckerError(f"--styles {','.join(unknown)}: not in {data} (has {','.join(styles)})")
+        raise CheckerError(f"{flag} {','.join(unknown)}: not in {data} (has {','.join(styles)}); "
+                           "pick styles it has with --styles")
     return [s for s in styles if s in set(wanted)]
 
 
-def candidate_prompts(data: Path, prompts_file: Path | None = None) -> list[str]:
-    """CLIP-R candidate words: ``clip_r_prompts.txt`` (one per line) or the lower-cased union of
-    every style's prompt.json values. Sorted, de-duplicated case-insensitively (the CLIP
-    tokenizer lower-cases, so case variants are the same text)."""
-    path = prompts_file or (data / "clip_r_prompts.txt")
-    if prompts_file is not None and not path.is_file():
-        raise CheckerError(f"--clip-r-prompts {path}: file not found")
-    if path.is_file():
-        words = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    else:
-        words = []
-        for style in discover_styles(data):
-            pj = data / style / "prompt.json"
-            if pj.is_file():
-                words += read_prompts(pj)
+SHIPPED_PROMPTS = Path(__file__).resolve().parent / "resources" / "clip_r_prompts.txt"
+
+
+def read_word_file(path: Path) -> list[str]:
+    """score_api.py get_clip_r_score: every line ``strip().lower()``; blank lines dropped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckerError(f"--clip-r-prompts {path}: cannot read ({type(exc).__name__}); "
+                           "give a UTF-8 text file with one word per line") from None
+    words = [ln.strip().lower() for ln in text.splitlines() if ln.strip()]
+    if not words:
+        raise CheckerError(f"--clip-r-prompts {path}: no words; give one candidate word per line")
+    return words
+
+
+def candidate_prompts(data: Path, prompts: Path | str = "shipped") -> list[str]:
+    """CLIP-R candidate words, sorted and de-duplicated (the original's ``set``; the CLIP tokenizer
+    lower-cases, so case variants are the same text). ``"shipped"``: the distributed
+    clip_r_prompts.txt (215 words) in checker/resources; ``"union"``: the lower-cased union of
+    every style's prompt.json values; a Path: that file, one word per line."""
+    if isinstance(prompts, Path):
+        if not prompts.is_file():
+            raise CheckerError(f"--clip-r-prompts {prompts}: file not found; give a word file, 'shipped' or 'union'")
+        return sorted(set(read_word_file(prompts)))
+    if prompts == "shipped":
+        return sorted(set(read_word_file(SHIPPED_PROMPTS)))
+    if prompts != "union":
+        raise CheckerError(f"--clip-r-prompts {prompts}: expected a word file, 'shipped' or 'union'")
+    words: list[str] = []
+    for style in discover_styles(data):
+        pj = data / style / "prompt.json"
+        if pj.is_file():
+            words += read_prompts(pj)
     return sorted({w.lower() for w in words})
 
 

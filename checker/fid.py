@@ -4,7 +4,12 @@ Feature 64 = global average of the output of the first max-pool, so only the ste
 torch-fidelity's Inception-v3 (Conv2d_1a/2a/2b + MaxPool_1) is built; its keys match the full
 checkpoint. Input: uint8 RGB at any size, TF1-style bilinear resize to 299x299, (x - 128) / 128.
 Statistics in float64, unbiased covariance; distance via eigenvalues as torchmetrics does.
-Official bug: only the last style is scored (``last-style``); fixed: mean of per-style FIDs.
+Aggregation over styles (``--fid-mode``): ``pooled`` = the distributed ``fid_api.py``
+``fid_score_api``: ONE FID with the references of every style as real and every generated image
+as fake; ``last-style`` = the unused ``fid_api_old.py`` (its extends sit after the loop, so only
+the last style counts); ``per-style-mean`` = the mean of per-style FIDs (jstyle's own rule).
+The original stacks each list with ``torch.stack`` (same size only); jstyle resizes each image
+to 299x299 on its own when sizes differ, which gives the features a stack of equal sizes would.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ __all__ = [
     "frechet_distance",
     "uint8_batch",
     "build_inception",
+    "inception_features",
+    "fid_from_features",
+    "pooled_fid",
 ]
 
 INCEPTION_SIZE = 299
@@ -119,3 +127,29 @@ def build_inception(path: Path | None, seed: int = 0) -> InceptionStem64:
         except RuntimeError as exc:
             raise CheckerError(f"{path}: FID Inception-v3 weights do not fit ({str(exc)[:200]})") from None
     return net.eval().requires_grad_(False)
+
+
+def inception_features(net: InceptionStem64, rgbs: list[np.ndarray], device: torch.device,
+                       batch_size: int) -> torch.Tensor:
+    """(N, 64) CPU features; a batch of mixed sizes goes one image at a time (same features)."""
+    out = [torch.zeros(0, 64)]
+    for i in range(0, len(rgbs), batch_size):
+        chunk = rgbs[i : i + batch_size]
+        if len({x.shape for x in chunk}) == 1:
+            out.append(net(uint8_batch(chunk, device)).cpu())
+        else:
+            out += [net(uint8_batch([x], device)).cpu() for x in chunk]
+    return torch.cat(out)
+
+
+def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float | None:
+    """FID of two feature sets; None when either has fewer than 2 rows (no covariance)."""
+    if real.shape[0] < 2 or fake.shape[0] < 2:
+        return None
+    return frechet_distance(*gaussian_stats(real), *gaussian_stats(fake))
+
+
+def pooled_fid(reals: list[torch.Tensor], fakes: list[torch.Tensor]) -> float | None:
+    """fid_api.py's rule: every style's references as real, every generated image as fake."""
+    cat = lambda xs: torch.cat([torch.zeros(0, 64), *xs])  # noqa: E731
+    return fid_from_features(cat(reals), cat(fakes))

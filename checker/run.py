@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from checker import __version__
-from checker.config import METRICS, RANDOM_WEIGHTS_WARNING, CheckerConfig
+from checker.config import COURSE_STYLES, METRICS, RANDOM_WEIGHTS_WARNING, CheckerConfig
 from checker.data import Problem, StyleData, candidate_prompts, discover_styles, list_images, load_style
 from checker.errors import CheckerError
 from checker.score import aggregate_fid, final_from, mean_or_none
@@ -166,28 +166,30 @@ def _style_metrics(sd: StyleData, cfg: CheckerConfig, m: dict[str, Any], timer: 
 
 
 def _style_fid(sd: StyleData, m: dict[str, Any], cfg: CheckerConfig, timer: _Timer) -> float | None:
-    from checker.fid import frechet_distance, gaussian_stats, uint8_batch
+    """Per-style FID; the features are kept in ``m["fid_feats"]`` for the pooled FID."""
+    from checker.fid import fid_from_features, inception_features
 
-    if len(sd.gens) < 2 or len(sd.refs) < 2:
-        sd.problems.append(Problem("fid_undefined", sd.name, "FID needs >= 2 generated and >= 2 reference images"))
-        return None
     t0 = time.perf_counter()
     net, dev, bs = m["inception"], m["device"], cfg.batch_size
-
-    def feats(xs: list[np.ndarray]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(xs), bs):  # one image at a time inside a batch when sizes differ
-            chunk = xs[i : i + bs]
-            if len({x.shape for x in chunk}) == 1:
-                out.append(net(uint8_batch(chunk, dev)).cpu())
-            else:
-                out += [net(uint8_batch([x], dev)).cpu() for x in chunk]
-        return torch.cat(out)
-
-    ref_stats = gaussian_stats(feats([r.rgb for r in sd.refs]))
-    fid = frechet_distance(*ref_stats, *gaussian_stats(feats([g.rgb for g in sd.gens])))
+    real = inception_features(net, [r.rgb for r in sd.refs], dev, bs)
+    fake = inception_features(net, [g.rgb for g in sd.gens], dev, bs)
+    m["fid_feats"].append((real, fake))
+    m["fid_shapes"] |= {x.rgb.shape for x in (*sd.refs, *sd.gens)}
+    fid = fid_from_features(real, fake)
+    if fid is None:
+        sd.problems.append(Problem("fid_undefined", sd.name,
+                                   "per-style FID needs >= 2 generated and >= 2 reference images"))
     timer.add("fid", t0)
     return fid
+
+
+def _mixed_size_problem(shapes: set[tuple[int, ...]]) -> list[Problem]:
+    """fid_api.py torch.stacks the pooled images; a mix of sizes would crash it: say so."""
+    if len(shapes) < 2:
+        return []
+    sizes = ", ".join(f"{s[1]}x{s[0]}" for s in sorted(shapes))
+    return [Problem("fid_mixed_sizes", "fid", f"images of sizes {sizes}: the original's torch.stack would fail; "
+                    "jstyle resizes each image to 299x299 on its own (the features a stack of equal sizes gives)")]
 
 
 def _submission_stems(submission: Path, styles: list[str]) -> set[str]:
@@ -207,11 +209,18 @@ def _environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def _candidates_label(cfg: CheckerConfig) -> str:
+    if isinstance(cfg.clip_r_prompts, Path):
+        return str(cfg.clip_r_prompts)
+    return "union of the dataset's prompt.json values" if cfg.uses_union_prompts else "shipped 215-word list"
+
+
 def check_inputs(cfg: CheckerConfig) -> list[str]:
     """Fail fast (before any model is loaded) on a bad --submission / --data / --styles."""
     if not cfg.submission.is_dir():
         raise CheckerError(f"--submission {cfg.submission}: not a folder; expected <submission>/<style>/<Prompt>.png")
-    styles = discover_styles(cfg.data, cfg.styles)
+    flag = "--course-styles" if cfg.styles == COURSE_STYLES else "--styles"
+    styles = discover_styles(cfg.data, cfg.styles, flag)
     if "clip_r" in cfg.metrics:
         candidate_prompts(cfg.data, cfg.clip_r_prompts)
     return styles
@@ -238,6 +247,7 @@ def evaluate(cfg: CheckerConfig, bb: Backbones, log: Log = lambda s: None) -> di
         m["lpips"] = bb.lpips.to(device)
     if "fid" in cfg.metrics:
         m["inception"] = bb.inception.to(device)
+        m["fid_feats"], m["fid_shapes"] = [], set()
     if "clip_iqa" in cfg.metrics:
         from checker.clip_iqa import ClipIqa
 
@@ -271,7 +281,12 @@ def evaluate(cfg: CheckerConfig, bb: Backbones, log: Log = lambda s: None) -> di
     metrics: dict[str, float | None] = {}
     for k in cfg.metrics:
         vals = [per_style[s].get(k) for s in styles]
-        if k == "fid":
+        if k == "fid" and cfg.effective_fid_mode == "pooled":
+            from checker.fid import pooled_fid
+
+            metrics[k] = pooled_fid([r for r, _ in m["fid_feats"]], [f for _, f in m["fid_feats"]])
+            problems += _mixed_size_problem(m["fid_shapes"])
+        elif k == "fid":
             metrics[k] = aggregate_fid(vals, cfg.effective_fid_mode)
         elif k == "clip_r":
             total = sum(per_style[s]["clip_r_total"] for s in styles)
@@ -285,6 +300,7 @@ def evaluate(cfg: CheckerConfig, bb: Backbones, log: Log = lambda s: None) -> di
         checker_version=__version__,
         mode=cfg.mode,
         fid_mode=cfg.effective_fid_mode,
+        clip_r_candidates=_candidates_label(cfg) if "clip_r" in cfg.metrics else None,
         hist_wraps=cfg.hist_wraps,
         clip_iqa_input_scale=cfg.clip_iqa_input_scale,
         random_weights=cfg.random_weights,

@@ -33,7 +33,10 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
 
 
 def aggregate_fid(per_style: Sequence[float | None], mode: str) -> float | None:
-    """last-style: the last evaluated style's FID (the original's bug); all-styles: the mean."""
+    """Per-style rules: last-style = the last evaluated style's FID (the bug of the unused
+    fid_api_old.py); per-style-mean = the mean. ``pooled`` is computed from features (checker.fid)."""
+    if mode == "pooled":
+        raise ValueError("pooled FID is not an aggregate of per-style FIDs; use checker.fid.pooled_fid")
     if mode == "last-style":
         return per_style[-1] if per_style else None
     return mean_or_none(per_style)

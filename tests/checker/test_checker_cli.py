@@ -101,7 +101,7 @@ def test_full_run_in_process(tmp_path: Path, backbones, capsys: pytest.CaptureFi
     assert len(img) == 2
     for per in img.values():
         assert {"dino", "hist", "hist_rgb", "hist_hsv", "lpips", "clip_iqa", "clip_r_rank", "clip_r_hit"} <= set(per)
-    assert_close(res["metrics"]["fid"], res["styles"]["01"]["fid"], atol=0, what="official fid = last style")
+    assert res["fid_mode"] == "pooled" and res["clip_r_candidates"] == "shipped 215-word list"
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/jpeg;base64") == 8 and "MEANINGLESS" in html
     assert not list((tmp_path / "out").glob("*.tmp"))
@@ -118,16 +118,21 @@ def test_official_vs_fixed(tmp_path: Path, backbones) -> None:
     per_style = [runs["fixed"]["styles"][s]["fid"] for s in ("00", "01", "02")]
     assert_close([runs["official"]["styles"][s]["fid"] for s in ("00", "01", "02")], per_style, atol=0,
                  what="per-style fid, official run = fixed run")  # same code again: bit-exact
-    assert_close(runs["official"]["metrics"]["fid"], per_style[-1], atol=0, what="official fid = last style")
-    # mean_or_none sums the same three floats in the same order and divides by 3: bit-exact
-    assert_close(runs["fixed"]["metrics"]["fid"], sum(per_style) / 3, atol=0, what="fixed fid mean")
+    # both modes pool (fid_api.py is what ran, not a bug): same code, same features, bit-exact
+    assert runs["official"]["fid_mode"] == runs["fixed"]["fid_mode"] == "pooled"
+    assert_close(runs["official"]["metrics"]["fid"], runs["fixed"]["metrics"]["fid"], atol=0, what="pooled fid")
     # guard, not a tolerance: the wraps change hist by 0.054 here; any difference at all proves the switch works
     assert runs["official"]["metrics"]["hist"] != runs["fixed"]["metrics"]["hist"]
-    out = tmp_path / "override.json"
-    main(["--submission", str(sub), "--data", str(data), "--out", str(out), "--fid-mode", "all-styles",
-          "--metrics", "fid", "--random-weights", "--quiet"], backbones=backbones)
-    assert_close(json.loads(out.read_text())["metrics"]["fid"], runs["fixed"]["metrics"]["fid"], atol=0,
-                 what="--fid-mode override")  # same code, same inputs, another run: bit-exact
+    for rule, want in (("last-style", per_style[-1]), ("per-style-mean", sum(per_style) / 3),
+                       ("all-styles", sum(per_style) / 3)):
+        out = tmp_path / f"{rule}.json"
+        assert main(["--submission", str(sub), "--data", str(data), "--out", str(out), "--fid-mode", rule,
+                     "--metrics", "fid", "--random-weights", "--quiet"], backbones=backbones) == 0
+        got = json.loads(out.read_text())
+        assert got["fid_mode"] == ("per-style-mean" if rule == "all-styles" else rule)
+        # last-style returns the last per-style value; mean_or_none sums the same three floats in the same order
+        # and divides by 3; same code, same inputs, another run: bit-exact
+        assert_close(got["metrics"]["fid"], want, atol=0, what=f"--fid-mode {rule}")
 
 
 def test_atomic_json_and_non_finite(tmp_path: Path) -> None:
@@ -158,3 +163,24 @@ def test_cuda_matches_cpu(tmp_path: Path, backbones, monkeypatch: pytest.MonkeyP
     for k, v in res["cpu"].items():
         exact = k in ("hist", "clip_r")
         assert_close(res["cuda"][k], v, rtol=0 if exact else 1e-3, atol=0 if exact else 1e-4, what=f"cuda vs cpu {k}")
+
+
+def test_course_styles_and_mixed_fid_sizes(tmp_path: Path, backbones, capsys: pytest.CaptureFixture) -> None:
+    """--course-styles = score_api.py's ref_style_numbers = 15 (00-14); a pooled FID over mixed sizes is named."""
+    data, sub = make_synthetic(tmp_path, 16, 1, 2, size=32, ref_size=48)
+    out = tmp_path / "r.json"
+    assert main(["--submission", str(sub), "--data", str(data), "--out", str(out), "--course-styles",
+                 "--metrics", "hist,fid", "--random-weights", "--quiet"], backbones=backbones) == 0
+    res = json.loads(out.read_text())
+    assert list(res["styles"]) == [f"{i:02d}" for i in range(15)]
+    mixed = [p for p in res["problems"] if p["kind"] == "fid_mixed_sizes"]
+    assert len(mixed) == 1 and "torch.stack would fail" in mixed[0]["message"]
+    assert isinstance(res["metrics"]["fid"], float)  # pooled over 15 x 1 generated: defined
+    assert main(["--submission", str(sub), "--data", str(data), "--out", str(out), "--course-styles",
+                 "--styles", "00", "--random-weights", "--quiet"]) == 2
+    assert "--course-styles and --styles" in capsys.readouterr().err
+    small, small_sub = make_synthetic(tmp_path / "small", 2, 1, 2, size=32)
+    assert main(["--submission", str(small_sub), "--data", str(small), "--course-styles", "--random-weights",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--course-styles 02,03" in err and len(err.strip().splitlines()) == 1

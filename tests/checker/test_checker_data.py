@@ -9,10 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from checker.clip_r import ClipR
 from checker.config import CheckerConfig
-from checker.data import candidate_prompts, discover_styles, list_images, load_style, read_prompts
+from checker.data import SHIPPED_PROMPTS, candidate_prompts, discover_styles, list_images, load_style, read_prompts
 from checker.errors import CheckerError
 from checker.images import ImageDecodeError, decode_rgb
 from checker.run import evaluate
@@ -127,9 +129,41 @@ def test_style_discovery_and_prompts(messy: tuple[Path, Path]) -> None:
     assert discover_styles(data, ("02", "00")) == ["00", "02"]
     with pytest.raises(CheckerError, match="--styles 07"):
         discover_styles(data, ("07",))
-    assert candidate_prompts(data) == ["bread", "cat", "dog", "dolphin", "lion", "owl"]
-    (data / "clip_r_prompts.txt").write_text("Apple\nbanana\n\n")
-    assert candidate_prompts(data) == ["apple", "banana"]
+    assert candidate_prompts(data, "union") == ["bread", "cat", "dog", "dolphin", "lion", "owl"]
+    (data / "words.txt").write_text("Apple\nbanana\n\nAPPLE\n")
+    assert candidate_prompts(data, data / "words.txt") == ["apple", "banana"]
+    with pytest.raises(CheckerError, match="--clip-r-prompts .*nope.txt: file not found"):
+        candidate_prompts(data, data / "nope.txt")
+    (data / "empty.txt").write_text("\n \n")
+    with pytest.raises(CheckerError, match="no words"):
+        candidate_prompts(data, data / "empty.txt")
+
+
+def test_default_candidates_are_the_shipped_list(messy: tuple[Path, Path]) -> None:
+    """score_api.py get_clip_r_score: clip_r_prompts.txt, 216 lines, strip().lower(), 215 unique words."""
+    data, _ = messy
+    assert len(SHIPPED_PROMPTS.read_text(encoding="utf-8").splitlines()) == 216
+    words = candidate_prompts(data)
+    assert words == candidate_prompts(data, "shipped") and len(words) == 215
+    assert {"gym", "dolphin", "lion"} <= set(words) and words == sorted(w.lower() for w in words)
+    assert CheckerConfig(submission=data, data=data).clip_r_prompts == "shipped"
+
+
+def test_own_word_outside_the_list_is_ranked() -> None:
+    """input_prompts = list(set(prompts + [image_prompt])): an own word not in the list is added."""
+    words = candidate_prompts(Path("/nonexistent"))
+    clip_r = ClipR.__new__(ClipR)
+    clip_r.words = sorted(set(words) | {"zyzzyva"})
+    index = {w: i for i, w in enumerate(clip_r.words)}
+    logits = torch.zeros(2, len(clip_r.words))  # small integers: comparisons are exact
+    logits[0, index["zyzzyva"]] = 3.0  # best of 216 candidates
+    logits[1, index["zyzzyva"]] = 1.0
+    logits[1, [index[w] for w in words[:7]]] = 2.0  # 7 list words above it
+    assert "zyzzyva" not in words
+    assert clip_r.ranks_from_logits(logits, ["zyzzyva", "zyzzyva"], words) == [0, 7]
+    # an own word in the list is not counted twice
+    logits2 = torch.zeros(1, len(clip_r.words))
+    assert clip_r.ranks_from_logits(logits2, ["gym"], words) == [0]
 
 
 def test_odd_sizes_are_scored_and_named(messy: tuple[Path, Path]) -> None:
