@@ -149,11 +149,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"failed: {key}: {error} (see {out / 'logs'})", file=sys.stderr)
     if not report.ok:
         return 1
-    if args.demo and not args.no_check and score(cfg, styles) != 0:
+    if args.demo and not args.no_check and timed("scoring", score, cfg, styles) != 0:
         return 1
     if args.demo and not args.no_package:
-        return package(cfg, styles)
+        return timed("packaging", package, cfg, styles)
     return 0
+
+
+def timed(label: str, step, *args) -> int:
+    """Run one phase of the demo and print its seconds, as set-up does for its phases."""
+    import time
+
+    t0 = time.monotonic()
+    rc = step(*args)
+    print(f"{label}: {time.monotonic() - t0:.0f} s", flush=True)
+    return rc
 
 
 def score(cfg, styles: list[str]) -> int:

@@ -3,6 +3,7 @@
 # Creates/updates the jstyle env (once per machine), then runs run_all.py in it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+t0="${EPOCHREALTIME/,/.}"
 envs=jstyle
 for arg in "$@"; do [ "$arg" = --demo ] && envs=all; done   # the demo also scores with the checker
 for arg in "$@"; do [ "$arg" = --no-check ] && envs=jstyle; done   # ... unless told not to (no checker env)
@@ -10,4 +11,9 @@ bash "$root/envs/setup.sh" "$envs"
 export JSTYLE_CUDA_NOTE=1  # set-up said it once (a CUDA toolkit without a driver, ...): not again below
 # shellcheck source=envs/env.sh
 source "$root/envs/env.sh"
-exec "$JSTYLE_PYTHON" "$root/run_all.py" "$@"
+rc=0
+"$JSTYLE_PYTHON" "$root/run_all.py" "$@" || rc=$?
+# the whole command, set-up included (set-up and the run print their own phases above)
+for arg in "$@"; do case "$arg" in -h|--help) exit "$rc";; esac; done
+[ "$rc" != 0 ] || awk -v a="$t0" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "run_all.sh done in %.0f s\n", b - a }'
+exit "$rc"
