@@ -3,7 +3,7 @@
 # Creates/updates the jstyle env (once per machine), then runs run_all.py in it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-t0="${EPOCHREALTIME/,/.}"
+t0="${EPOCHREALTIME/,/.}"  # as envs/env.sh jstyle_now (sourced below)
 envs=jstyle
 for arg in "$@"; do [ "$arg" = --demo ] && envs=all; done   # the demo also scores with the checker
 for arg in "$@"; do [ "$arg" = --no-check ] && envs=jstyle; done   # ... unless told not to (no checker env)
@@ -15,5 +15,5 @@ rc=0
 "$JSTYLE_PYTHON" "$root/run_all.py" "$@" || rc=$?
 # the whole command, set-up included (set-up and the run print their own phases above)
 for arg in "$@"; do case "$arg" in -h|--help) exit "$rc";; esac; done
-[ "$rc" != 0 ] || awk -v a="$t0" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "run_all.sh done in %.0f s\n", b - a }'
+[ "$rc" != 0 ] || echo "run_all.sh done in $(jstyle_since "$t0") s"
 exit "$rc"

@@ -62,6 +62,10 @@ if [ "${nvcc_path-unset}" != "" ]; then
     export nvcc_path=""
   fi
 fi
+# Wall-clock seconds for the phase lines of set-up, run_all.sh and tests/run.sh: t0="$(jstyle_now)" ...
+# "$(jstyle_since "$t0")".
+jstyle_now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
+jstyle_since() { awk -v a="$1" -v b="$(jstyle_now)" 'BEGIN { printf "%.0f", b - a }'; }
 # Jittor's own downloads (cutt, cutlass, nccl) stay off: no network here or on most clusters.
 export use_cutt="${use_cutt:-0}" use_cutlass="${use_cutlass:-0}" use_nccl="${use_nccl:-0}"
 # oneDNN: only when its library was wired into the Jittor cache (never downloaded).

@@ -19,17 +19,15 @@ case "$which_envs" in jstyle|checker|all|cuda-build) ;;
   *) echo "usage: bash envs/setup.sh [jstyle|checker|all|cuda-build]" >&2; exit 2;; esac
 
 log() { printf '[envs] %s\n' "$*" >&2; }
-now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }'; }
 timed() {  # LABEL CMD...: run CMD; when it did work (took 3 s or more), print "LABEL: N s"
   local label="$1" t0 rc=0 secs
   shift
-  t0="$(now)"
+  t0="$(jstyle_now)"
   set +e
   (set -e; "$@")  # a subshell with errexit of its own (errexit is ignored under `cmd || ...`)
   rc=$?
   set -e
-  secs="$(since "$t0")"
+  secs="$(jstyle_since "$t0")"
   [ "$secs" -lt 3 ] || log "$(printf '%-32s %4d s' "$label:" "$secs")"
   return "$rc"
 }
@@ -203,7 +201,7 @@ setup_checker() {
   timed "checker env" make_env checker "$JSTYLE_CHECKER_ENV" "$here/checker-requirements.txt" jittor
 }
 
-t_total="$(now)"
+t_total="$(jstyle_now)"
 mkdir -p "$JSTYLE_HOME"
 checker_pid=""
 if [ "$which_envs" = all ]; then
@@ -232,5 +230,5 @@ fi
 if [ -n "$checker_pid" ]; then
   wait "$checker_pid" || { log "ERROR: checker env set-up failed (see above)"; exit 1; }
 fi
-secs="$(since "$t_total")"
+secs="$(jstyle_since "$t_total")"
 [ "$secs" -lt 5 ] || log "$(printf '%-32s %4d s' "set-up total:" "$secs")"

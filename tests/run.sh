@@ -19,9 +19,7 @@ results="$(mktemp -d)"
 trap 'rm -rf "$results"' EXIT
 status=0
 
-now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }'; }
-t0="$(now)"
+t0="$(jstyle_now)"
 
 echo "== ruff"
 "$JSTYLE_ENV/bin/ruff" check jstyle checker tests scripts bench run_all.py || status=1
@@ -41,7 +39,7 @@ wait "$checker_pid" || status=1
 cat "$results/checker.log"
 [ -s "$results/checker.xml" ] || { echo; echo "error: the checker test process died before reporting (a crash)"; status=1; }
 
-echo "tests took $(since "$t0") s"
+echo "tests took $(jstyle_since "$t0") s"
 "$JSTYLE_PYTHON" - "$results" <<'PY'
 import sys
 import xml.etree.ElementTree as ET
