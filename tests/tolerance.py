@@ -3,7 +3,8 @@
 Every numeric assertion in tests/ goes through `assert_close` (or `assert_at_most` for a scalar), with
 the bound derived beside it from an error model, e.g. float32 epsilon x the length of the reduction x
 the size of the values (`f32_bound`). Set JSTYLE_TOLERANCE_LOG=FILE to append one JSON line per check
-(test, line, measured max abs error, share of the bound used); `python tests/tolerance.py FILE` prints the table, worst first.
+(test, line, measured max abs error, share of the bound used); `python tests/tolerance.py FILE` prints
+the table, worst first.
 Works in both envs (numpy only).
 """
 
