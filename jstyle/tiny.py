@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +18,7 @@ from safetensors.numpy import save_file
 
 from .cli import run_cli
 from .errors import ConfigError, JStyleError
+from .io import atomic_path
 from .tokenizer import END_OF_WORD, bytes_to_unicode, merge_pair, normalize, pre_tokenize
 
 __all__ = ["TINY_CONFIGS", "write_tiny_pipeline", "write_toy_vocab"]
@@ -146,9 +144,7 @@ def write_tiny_pipeline(path: str | Path, kind: str = "sd2", seed: int = 0) -> P
         raise JStyleError(f"unknown tiny model kind '{kind}'; use one of {', '.join(TINY_CONFIGS)}")
     cfg = TINY_CONFIGS[kind]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_path(path, directory=True) as tmp:
         rng = np.random.default_rng(seed)
         vocab_size = write_toy_vocab(tmp / "tokenizer", _TOY_WORDS, pad_token=cfg["pad_token"])
         text = {
@@ -172,12 +168,6 @@ def write_tiny_pipeline(path: str | Path, kind: str = "sd2", seed: int = 0) -> P
             "vae": ["diffusers", "AutoencoderKL"],
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 
