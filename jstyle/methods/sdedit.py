@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ip-image", type=Path, help="image prompt (default: the first style image, or --init)")
     p.add_argument("--ip-scale", type=float, default=0.6, help="weight of the image prompt")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=512, help="init image side (shorter side resized, centre crop)")
+    p.add_argument("--size", type=int, default=512, help="init image side (centre square crop, then a Lanczos resize)")
     p.add_argument("--device", default="auto", choices=list(DEVICES))
     p.add_argument("--out", type=Path, required=True, help="output folder")
     return p
