@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from jstyle.io import atomic_path, atomic_write  # noqa: E402 - numpy only: runs in the checker env too
 
 RENAMES = (("diffusion_pytorch_model", "diffusion_pytorch_model"), ("pytorch_model", "model"))
 
@@ -37,9 +39,8 @@ def convert_file(src: Path) -> Path:
         state = state["state_dict"]
     tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
     dst = target_name(src)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     return dst
 
 
@@ -48,9 +49,7 @@ def convert_index(index: Path) -> Path:
     data["weight_map"] = {k: target_name(index.with_name(v)).name for k, v in data["weight_map"].items()}
     dst = index.with_name(target_name(index.with_name(index.name.replace(".bin.index.json", ".bin"))).name
                           + ".index.json")
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, dst)
+    atomic_write(dst, json.dumps(data, indent=2))
     return dst
 
 

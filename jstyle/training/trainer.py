@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ import numpy as np
 
 from .. import lora as L
 from ..errors import ConfigError, InputError
+from ..io import atomic_path, atomic_write
 from ..ops import as_dtype
 from ..schedulers import DDIMScheduler
 from .checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing, run_backward
@@ -241,22 +239,13 @@ class LoRATrainer:
 
     def save_checkpoint(self) -> Path:
         """<output_dir>/checkpoints/step_NNNNNN/ (written to a temp folder, then renamed)."""
-        root = self.out / CHECKPOINT_DIR
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step_{self.step:06d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-        try:
+        final = self.out / CHECKPOINT_DIR / f"step_{self.step:06d}"
+        with atomic_path(final, directory=True) as tmp:
             L.save_lora(tmp / FINAL_NAME, self.lora_models)
             np.savez(tmp / "optimizer.npz", **self.optim.state_dict())
             state = {"step": self.step, "fingerprint": self.cfg.fingerprint(), "config": self.cfg.to_dict(),
                      "loss_scale": self.loss_scale, "log": self.log}
             (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return final
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -325,12 +314,5 @@ class LoRATrainer:
             "first_step_s": times[0] if times else None,
             "it_per_s_after_first": (len(times) - 1) / sum(times[1:]) if len(times) > 1 else None,
         }
-        _write_json(self.out / "train_log.json", summary)
+        atomic_write(self.out / "train_log.json", json.dumps(summary, indent=1, default=str))
         return path
-
-
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
