@@ -11,7 +11,6 @@ x_t = sqrt(a_t) z + sqrt(1 - a_t) eps, target = eps (epsilon) or sqrt(a_t) eps -
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from ..schedulers import DDIMScheduler
 from .checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing, run_backward
 from .config import RESUME_FREE_FIELDS, LoRATrainConfig
 from .dataset import Example, augment, ensure_class_images, load_style_examples
-from .optim import AdamW, clip_grad_norm, global_norm, lr_at
+from .optim import AdamW, LossScaler, all_finite, clip_grad_norm, lr_at
 
 __all__ = ["LoRATrainer", "Batch", "mse", "dreambooth_loss", "CHECKPOINT_DIR"]
 
@@ -103,7 +102,16 @@ class LoRATrainer:
         self.step = 0
         self.log: list[dict[str, Any]] = []
         self._text_cache: dict[str, np.ndarray] = {}
-        self.loss_scale = 2.0**16 if cfg.mixed_precision == "fp16" else 1.0
+        self.scaler = LossScaler(enabled=cfg.mixed_precision == "fp16")  # fp16: dynamic scale from 2**16
+
+    @property
+    def loss_scale(self) -> float:
+        """The loss scale of the next step (1 without fp16 mixed precision)."""
+        return self.scaler.scale
+
+    @loss_scale.setter
+    def loss_scale(self, value: float) -> None:
+        self.scaler.scale = float(value)
 
     # ------------------------------------------------------------ data
 
@@ -200,12 +208,13 @@ class LoRATrainer:
             m.train()
         grads: list[jt.Var] | None = None
         total = 0.0
+        scale = self.scaler.scale
         for k in range(accum):
             rng = np.random.default_rng([cfg.seed, s, k] if noise_seed is None else noise_seed)
             self._set_dropout_rng(np.random.default_rng([cfg.seed, s, k, 1]))
             b = batches[k] if batches is not None else self.batch(s * accum + k, rng)
             loss = self.compute_loss(b, rng)
-            g = jt.grad(loss * (self.loss_scale / accum), self.params)
+            g = jt.grad(loss * (scale / accum), self.params)
             run_backward(self.models["unet"])  # with checkpointing: block by block (less memory); synced below
             grads = g if grads is None else [a + c for a, c in zip(grads, g, strict=True)]
             jt.sync(grads)
@@ -213,23 +222,21 @@ class LoRATrainer:
         for m in self.lora_models.values():
             m.eval()
         self._set_dropout_rng(None)
-        if self.loss_scale != 1.0:
-            grads = [g / self.loss_scale for g in grads]
+        grads = self.scaler.unscale(grads)  # before clipping, as GradScaler.unscale_
+        # fp16: an inf/NaN gradient skips the step and halves the scale; growth_interval good steps double it
+        skipped = self.scaler.enabled and self.scaler.update(all_finite(grads))
         norm = None
-        if cfg.max_grad_norm is not None:
+        if cfg.max_grad_norm is not None and not skipped:
             grads, norm = clip_grad_norm(grads, cfg.max_grad_norm)
         lr = lr_at(s, cfg.learning_rate, cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.max_train_steps)
-        skipped = False
-        if self.loss_scale != 1.0:  # fp16: skip non-finite steps and back off the scale
-            norm = norm if norm is not None else global_norm(grads)
-            if not math.isfinite(norm):
-                self.loss_scale, skipped = self.loss_scale / 2, True
         if not skipped:
             self.optim.step(grads, lr, self.lr_scale)
         self.step += 1
         entry = {"step": self.step, "loss": total, "lr": lr, "time_s": time.perf_counter() - t0}
         if norm is not None:
             entry["grad_norm"] = norm
+        if self.scaler.enabled:
+            entry["loss_scale"] = scale
         if skipped:
             entry["skipped"] = True
         self.log.append(entry)
@@ -276,6 +283,8 @@ class LoRATrainer:
             self.optim.load_state_dict(dict(f))
         self.step, self.log = int(state["step"]), list(state["log"])
         self.loss_scale = float(state.get("loss_scale", self.loss_scale))
+        good = next((i for i, e in enumerate(reversed(self.log)) if e.get("skipped")), len(self.log))
+        self.scaler.good_steps = good % self.scaler.growth_interval  # the growth tracker, from the log
         jt.sync(self.params)
 
     # ------------------------------------------------------------ run
