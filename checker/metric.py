@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from checker.config import CheckerConfig
 
-__all__ = ["Backbones", "Run", "StyleScore", "StyleResult", "Metric", "mean_of_styles"]
+__all__ = ["Backbones", "Run", "StyleScore", "StyleResult", "Aggregate", "Metric", "mean_of_styles"]
 
 
 class Backbones:
