@@ -10,6 +10,7 @@ from typing import Any
 
 from PIL import Image
 
+from checker.files import write_text_atomic
 from checker.images import ImageDecodeError, decode_rgb
 
 __all__ = ["summary_table", "write_html_report"]
@@ -125,6 +126,4 @@ def write_html_report(result: dict[str, Any], out: Path, thumb: int = 160) -> No
         parts += [f"<div class='card miss'><div class='missing'>MISSING</div><b>{html.escape(w)}</b>"
                   "<br>clip-r miss</div>" for w in st["missing_prompts"]]
         parts.append("</div></div>")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, "\n".join(parts))
