@@ -161,8 +161,6 @@ def run(args: argparse.Namespace) -> int:
 
         preset(cfg.preset, **({"max_train_steps": cfg.train_steps} if cfg.train_steps is not None else {}),
                resolution=cfg.train_size or cfg.size)
-    elif cfg.train_size is not None or cfg.train_steps is not None:
-        print(f"note: --method {cfg.method} trains no LoRA; --train-size / --train-steps change nothing", flush=True)
     graph = build_graph(cfg, {st: read_prompts(data / st) for st in styles})
     workers = parse_workers(cfg.devices)
     print(f"{cfg.method}: {len(styles)} styles, {len(graph)} tasks on {', '.join(workers)} -> {out} "

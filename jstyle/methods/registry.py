@@ -184,13 +184,13 @@ def build_settings(method: Method, values: dict[str, Any], run: Any) -> Any:
 
 
 def method_table() -> str:
-    """The markdown table of the methods and their stages (README, plan's docstring)."""
-    rows = ["| method | train | generate (prompt) | inject | settings flags |", "|---|---|---|---|---|"]
+    """The markdown table of the methods: stages, prompt, settings flags (README, plan's docstring)."""
+    rows = ["| method | train (LoRA) | generate: prompt | inject | settings flags | what it does |",
+            "|---|---|---|---|---|---|"]
     for m in METHODS.values():
         cls = m.settings_class()
         flags = ", ".join(f"`{s.flag}`" for s in settings_of(cls)) if cls else "-"
-        prompt = m.prompt.replace("{instance}", "LoRA's instance prompt").replace("{obj}", "object word")
-        inject = m.inject.rpartition(".")[2].partition(":")[0] if m.inject else "-"
-        rows.append(f"| {m.name} | {'yes' if m.trains else '-'} | {prompt if m.generates else '-'} | {inject} | "
-                    f"{flags} |")
+        prompt = f'`"{m.prompt}"`' if m.generates else "-"
+        inject = f"`{m.inject}`" if m.inject else "-"
+        rows.append(f"| `{m.name}` | {'yes' if m.trains else '-'} | {prompt} | {inject} | {flags} | {m.summary} |")
     return "\n".join(rows)
