@@ -45,5 +45,5 @@ def test_a_registered_toy_method_runs_through_plan_and_stages_on_the_tiny_model(
 def test_method_table_lists_every_method_with_its_flags():
     table = registry.method_table()
     for name in registry.METHODS:
-        assert f"| {name} |" in table
+        assert f"| `{name}` |" in table
     assert "`--styleid-T`" in table and "`--sdedit-strength`" in table and "`--diffstyle-gamma`" in table
