@@ -203,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..device import use_device
-    from ..images import load_image, save_png
+    from ..io import read_rgb, save_png
     from ..pipeline import load_pipeline
 
     cfg = DiffStyleConfig(gamma=args.gamma, t_edit=args.t_edit, t_boost=args.t_boost, eta=args.eta,
                           omega=args.omega, dt_lambda=args.dt_lambda, steps=args.steps,
                           start_step=args.start_step, seed=args.seed)
-    style = load_image(args.style, args.size)
+    style = read_rgb(args.style, args.size)
     todo = [(c, args.out / f"{c.stem}-{args.style.stem}.png") for c in args.content]
     todo = [(c, o) for c, o in todo if not o.exists()]
     if not todo:
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     for content, path in todo:
-        save_png(diffstyle(pipe, load_image(content, args.size)[None], style, cfg)[0], path)
+        save_png(diffstyle(pipe, read_rgb(content, args.size)[None], style, cfg)[0], path)
         print(path)
     return 0
 

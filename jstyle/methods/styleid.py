@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..device import use_device
-    from ..images import load_image, save_png
+    from ..io import read_rgb, save_png
     from ..pipeline import load_pipeline
 
     cfg = StyleIDConfig(gamma=args.gamma, T=args.T, steps=args.steps, start_step=args.start_step,
@@ -303,10 +303,10 @@ def run(args: argparse.Namespace) -> int:
                         adain=not args.no_adain, inject=not args.no_inject)
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
-    style = load_image(args.style, args.size)
+    style = read_rgb(args.style, args.size)
     contents = [(c, args.out / f"{c.stem}-{args.style.stem}.png") for c in args.content]
     todo = [(c, o) for c, o in contents if not o.exists()]
-    images = [load_image(c, args.size) for c, _ in todo]
+    images = [read_rgb(c, args.size) for c, _ in todo]
     if not todo:
         print(f"all {len(contents)} images already in {args.out}; nothing to do")
         return 0
