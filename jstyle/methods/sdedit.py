@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..cli import run_cli
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..io import read_rgb
 
 __all__ = ["mean_image", "strength_timesteps", "img2img", "build_parser", "main"]
@@ -295,6 +296,36 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with a one-line `error: ...` for a user-fixable problem)."""
     return run_cli(build_parser(), run, argv)
+
+
+# ------------------------------------------------------------------------------------- run_all's inject stage
+
+
+@dataclass(frozen=True)
+class SDEditConfig:
+    """SDEdit settings of run_all's sdedit method (img2img from the pixel mean of a style's references)."""
+
+    strength: float = field(default=0.9, metadata={"help": "SDEdit strength: the fraction of the schedule run, "
+                                                           "in (0, 1]"})
+    steps: int = field(default=40, metadata={"help": "SDEdit steps of the full schedule"})
+
+    def __post_init__(self):
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"SDEdit strength must be in (0, 1], got {self.strength}")
+        if self.steps < 1:
+            raise ConfigError(f"SDEdit steps must be >= 1, got {self.steps}")
+
+
+def inject(pipe, job) -> tuple[np.ndarray, dict]:
+    """run_all's inject stage (a jstyle.methods.registry.InjectJob): img2img of the prompt from the pixel mean
+    of the style's references (kept in job.cache), with whatever LoRA the pipeline carries."""
+    key = ("mean", job.style, job.size)
+    if key not in job.cache:
+        job.cache[key] = mean_image(job.references, job.size)
+    image = img2img(pipe, job.cache[key], [job.prompt], strength=job.settings.strength,
+                    num_inference_steps=job.settings.steps, guidance_scale=job.guidance,
+                    generator=np.random.default_rng(job.seed))[0]
+    return image, {"prompt": job.prompt, "init": "mean of references"}
 
 
 if __name__ == "__main__":
