@@ -18,14 +18,16 @@ ROOT = Path(__file__).resolve().parent
 # --demo's settings: small enough for a 2-core CPU in minutes (any flag overrides them)
 DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=4, train_steps=8, styleid_steps=4,
             diffstyle_steps=4, sdedit_steps=4, guidance=7.5)
-HELP_ONLY = ("demo", "config", "no_progress", "no_check", "no_package")  # flags that are not run settings
+HELP_ONLY = ("demo", "config", "no_progress", "no_check", "no_package", "list_recipes")  # not run settings
+CONFIG_ONLY = ("train_settings",)  # --config keys without a flag: LoRATrainConfig fields over the preset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """run_all's flags: the run's (defaults from RunConfig) and each method's settings (from the registry)."""
     import dataclasses
 
-    from jstyle.jobs.plan import REFERENCE_RULES, RunConfig
+    from jstyle import recipes
+    from jstyle.jobs.plan import DTYPES, REFERENCE_RULES, RunConfig
     from jstyle.methods import registry
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -39,8 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", action="store_true", help="tiny random model on demo/data (CPU, minutes), then score; "
                    "its settings: " + ", ".join(f"{k}={v}" for k, v in DEMO.items()))
+    p.add_argument("--recipe", help="a whole run from jstyle.recipes (" + ", ".join(recipes.RECIPES)
+                   + "); --config keys and flags override its settings")
+    p.add_argument("--list-recipes", action="store_true", help="print the recipes with their sources and exit")
     p.add_argument("--config", type=Path, help="JSON file of settings (keys as the flags, e.g. \"train_steps\", "
-                   "\"styleid_gamma\"); flags given on the command line override it")
+                   "\"styleid_gamma\", and \"train_settings\": {LoRATrainConfig field: value} over the preset); "
+                   "flags given on the command line override it")
     p.add_argument("--data", type=Path, help="dataset: <style>/images/*, <style>/prompt.json (default demo/data)")
     p.add_argument("--model", type=Path, help="diffusers Stable Diffusion folder (--demo: a tiny random one)")
     p.add_argument("--out", type=Path, help="results folder (default outputs/demo, or outputs/<method>)")
@@ -55,10 +61,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "or the cluster at --address (one GPU per cuda worker; --devices 0,1,2,3 asks for 4)"
                    + dflt("backend"))
     p.add_argument("--address", help="ray cluster address, e.g. auto (with --backend ray)")
+    p.add_argument("--dtype", choices=DTYPES, help="base model dtype in every stage: auto = float16 on CUDA (LoRA "
+                   "training in fp16 mixed precision, dynamic loss scale), float32 on CPU" + dflt("dtype"))
     p.add_argument("--size", type=int, help="generation size in pixels (outputs are saved 512x512)" + dflt("size"))
-    p.add_argument("--steps", type=int, help="text-to-image DDIM steps" + dflt("steps"))
+    p.add_argument("--steps", type=int, help="text-to-image steps" + dflt("steps"))
     p.add_argument("--guidance", type=float, help="classifier-free guidance" + dflt("guidance"))
+    p.add_argument("--scheduler", help="text-to-image and SDEdit sampler: ddim, ddpm, dpm++2m, euler_a, or model "
+                   "(the model's scheduler_config.json class)" + dflt("scheduler"))
     p.add_argument("--seed", type=int, help="seed of every stage" + dflt("seed"))
+    p.add_argument("--seed-per-style", action=argparse.BooleanOptionalAction,
+                   help="generate/inject seed = seed + the style's number (training keeps --seed)"
+                   + dflt("seed_per_style"))
+    p.add_argument("--drop-to-out-at-inference", action=argparse.BooleanOptionalAction,
+                   help="train the style LoRA's to_out.0 layers but do not apply them at inference (the JDiffusion "
+                   "baseline with stock peft)" + dflt("drop_to_out_at_inference"))
     p.add_argument("--train-steps", type=int, help="LoRA steps (default: the preset's, 500 for baseline)")
     p.add_argument("--train-size", type=int, help="LoRA training resolution in pixels (default: --size)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
@@ -95,10 +111,13 @@ def expand_styles(spec: str | None) -> list[str]:
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """Defaults < --demo's < --config file < flags given on the command line."""
+    """Defaults < --demo's < --recipe's < --config file < flags given on the command line (train_settings
+    merge key by key: a --config "train_settings" entry overrides the recipe's entry of that name)."""
+    from jstyle import recipes
     from jstyle.errors import ConfigError
 
     merged: dict = dict(DEMO) if args.demo else {}
+    given: dict = {}
     if args.config:
         try:
             given = json.loads(args.config.read_text())
@@ -106,12 +125,18 @@ def settings(args: argparse.Namespace) -> dict:
             raise ConfigError(f"{args.config}: not a readable JSON object of settings ({e})")
         if not isinstance(given, dict):
             raise ConfigError(f"{args.config}: not a JSON object of settings ({{\"key\": value, ...}})")
-        known = sorted(k for k in vars(args) if k not in HELP_ONLY)
+        known = sorted([k for k in vars(args) if k not in HELP_ONLY] + list(CONFIG_ONLY))
         unknown = sorted(set(given) - set(known))
         if unknown:
             raise ConfigError(f"{args.config}: unknown setting '{unknown[0]}' (known: {', '.join(known)})")
-        merged.update(given)
+    name = args.recipe or given.get("recipe")
+    if name:
+        merged.update(recipes.get(name).settings())
+    train = {**merged.get("train_settings", {}), **given.get("train_settings", {})}
+    merged.update(given)
     merged.update({k: v for k, v in vars(args).items() if v is not None and k not in HELP_ONLY})
+    if train:
+        merged["train_settings"] = train
     if args.no_progress:
         merged["progress"] = False
     return merged
@@ -121,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from jstyle.errors import JStyleError
 
+    if args.list_recipes:
+        from jstyle.recipes import listing
+
+        print(listing())
+        return 0
     try:
         return run(args)
     except JStyleError as e:
@@ -159,11 +189,16 @@ def run(args: argparse.Namespace) -> int:
     if cfg.trains:  # the LoRA settings fail here, in one line, not in every train task
         from jstyle.training import preset
 
-        preset(cfg.preset, **({"max_train_steps": cfg.train_steps} if cfg.train_steps is not None else {}),
-               resolution=cfg.train_size or cfg.size)
+        preset(cfg.preset, **cfg.train_overrides())
+    if cfg.scheduler == "model":  # the model's scheduler must be one jstyle has
+        from jstyle.jobs.plan import scheduler_name
+        from jstyle.loading import read_json
+
+        scheduler_name(cfg.scheduler, read_json(Path(cfg.model) / "scheduler" / "scheduler_config.json"))
     graph = build_graph(cfg, {st: read_prompts(data / st) for st in styles})
     workers = parse_workers(cfg.devices)
-    print(f"{cfg.method}: {len(styles)} styles, {len(graph)} tasks on {', '.join(workers)} -> {out} "
+    label = f"{cfg.method} (recipe {cfg.recipe})" if cfg.recipe else cfg.method
+    print(f"{label}: {len(styles)} styles, {len(graph)} tasks on {', '.join(workers)} -> {out} "
           f"(logs in {out / 'logs'})", flush=True)
     report = run_graph(graph, "jstyle.jobs.stages:execute", out_dir=out, config=cfg.to_dict(),
                        manifest_config=cfg.hashed(), workers=workers, retries=cfg.retries, progress=cfg.progress,

@@ -17,11 +17,19 @@ from ..errors import ConfigError
 from ..methods import registry
 from .graph import Task, TaskGraph
 
-__all__ = ["RunConfig", "build_graph", "instance_prompt", "lora_path", "content_path", "final_path"]
+__all__ = ["RunConfig", "build_graph", "instance_prompt", "scheduler_name", "lora_path", "content_path",
+           "final_path"]
 
 REFERENCE_RULES = ("first", "nearest")
-# settings that do not change any output (left out of the manifest's config hash)
-RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "gradient_checkpointing")
+DTYPES = ("auto", "float32", "float16")  # auto: float16 on CUDA (LoRA training in fp16 mixed precision), else float32
+# settings that do not change any output (left out of the manifest's config hash); a recipe's name is only a label:
+# the hash covers the settings it resolves to, so a recipe and the same settings given as flags resume each other
+RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "gradient_checkpointing", "recipe")
+# LoRATrainConfig fields the run sets itself (train_settings may not): the flag that sets each
+RUN_OWNED_TRAIN = {"style_dir": "--data", "output_dir": "--out", "resolution": "--train-size", "seed": "--seed",
+                   "max_train_steps": "--train-steps", "mixed_precision": "--dtype", "progress": "--no-progress",
+                   "gradient_checkpointing": "--gradient-checkpointing", "resume": "(a rerun resumes by itself)",
+                   "checkpointing_steps": "(none)"}
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,17 @@ class RunConfig:
     out: str
     method: str = "styleid_dreambooth"
     styles: tuple[str, ...] = ()  # empty = every style folder in data
-    preset: str = "baseline"  # LoRA recipe: jstyle.training.PRESETS
+    recipe: str | None = None  # the jstyle.recipes entry these settings came from (a label, not hashed)
+    preset: str = "baseline"  # LoRA training preset: jstyle.training.PRESETS
+    train_settings: dict[str, Any] = field(default_factory=dict)  # LoRATrainConfig fields over the preset
+    dtype: str = "auto"  # the base model's dtype in every stage (DTYPES)
     size: int = 512  # generation size in pixels (outputs are always saved at 512x512)
-    steps: int = 25  # text-to-image DDIM steps
+    steps: int = 25  # text-to-image steps
     guidance: float = 7.5
+    scheduler: str = "ddim"  # text-to-image and SDEdit sampler: jstyle.schedulers.SCHEDULERS, or "model"
     seed: int = 0
+    seed_per_style: bool = False  # inference seed = seed + the style's number (training keeps seed)
+    drop_to_out_at_inference: bool = False  # the style LoRA's to_out.0 layers are trained but not applied
     train_steps: int | None = None  # None = the preset's
     train_size: int | None = None  # None = size
     gradient_checkpointing: bool = False  # LoRA training: recompute UNet blocks (less memory, same result)
@@ -67,6 +81,18 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive multiple of 8, got {value}")
         if self.guidance < 0 or self.retries < 0:
             raise ConfigError("--guidance and --retries must be >= 0")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if not isinstance(self.train_settings, dict):
+            raise ConfigError("train_settings: a JSON object of LoRA training settings ({\"rank\": 32, ...})")
+        owned = sorted(set(self.train_settings) & set(RUN_OWNED_TRAIN))
+        if owned:
+            raise ConfigError(f"train_settings: '{owned[0]}' is the run's own; set it with {RUN_OWNED_TRAIN[owned[0]]}")
+        from ..schedulers import SCHEDULERS
+
+        if self.scheduler not in (*SCHEDULERS, "model"):
+            raise ConfigError(f"--scheduler {self.scheduler!r}: use one of {', '.join(SCHEDULERS)}, or model "
+                              "(the model folder's scheduler_config.json class)")
         known = {s.key: s for cls in registry.all_settings() for s in registry.settings_of(cls)}
         unknown = sorted(set(self.settings) - set(known))
         if unknown:
@@ -118,17 +144,51 @@ class RunConfig:
     def prompt(self, style: str, obj: str) -> str:
         """The text prompt of object word `obj` in `style` (the method's template; {instance}: the LoRA's)."""
         template = self.method_entry.prompt
-        instance = instance_prompt(self.preset, style, obj) if "{instance}" in template else ""
+        instance = instance_prompt(self.preset, style, obj, self.train_settings) if "{instance}" in template else ""
         return template.format(obj=obj, instance=instance)
 
+    def train_overrides(self) -> dict[str, Any]:
+        """The LoRATrainConfig fields this run gives over its preset (not the per-style paths)."""
+        d = {**self.train_settings, "resolution": self.train_size or self.size, "seed": self.seed,
+             "gradient_checkpointing": self.gradient_checkpointing}
+        if self.train_steps is not None:
+            d["max_train_steps"] = self.train_steps
+        return d
 
-def instance_prompt(preset: str, style: str, obj: str) -> str:
-    """The prompt a style LoRA of `preset` was trained with, for object word `obj`: the preset's
-    caption_prefix + instance_template. A template without the object (the baseline's "style_{id}") gets
+    def inference_seed(self, style: str) -> int:
+        """The seed of a style's generate and inject tasks: seed, or seed + the style's number (seed_per_style)."""
+        if not self.seed_per_style:
+            return self.seed
+        if not style.isdigit():
+            raise ConfigError(f"--seed-per-style adds the style's number to the seed; style '{style}' is not a number")
+        return self.seed + int(style)
+
+    def lora_skip(self) -> tuple[str, ...]:
+        """Targets of the style LoRA left out at inference (drop_to_out_at_inference: to_out.0)."""
+        return ("to_out.0",) if self.drop_to_out_at_inference else ()
+
+
+def scheduler_name(name: str, scheduler_config: dict[str, Any]) -> str:
+    """A jstyle scheduler name; "model" = the one the model's scheduler_config.json names (`_class_name`)."""
+    if name != "model":
+        return name
+    from ..schedulers import SCHEDULERS
+
+    by_class = {cls.__name__: short for short, cls in SCHEDULERS.items()}
+    named = scheduler_config.get("_class_name")
+    if named not in by_class:
+        raise ConfigError(f"--scheduler model: the model's scheduler_config.json names {named!r}, which jstyle lacks; "
+                          f"pass --scheduler {' | '.join(SCHEDULERS)}")
+    return by_class[named]
+
+
+def instance_prompt(preset: str, style: str, obj: str, train_settings: dict[str, Any] | None = None) -> str:
+    """The prompt a style LoRA of `preset` (with `train_settings` over it) was trained with, for object word
+    `obj`: caption_prefix + instance_template. A template without the object (the baseline's "style_{id}") gets
     "{obj} in " before it, as the challenge baseline generates ("Cat in style_03")."""
     from ..training.config import preset as training_preset
 
-    cfg = training_preset(preset)
+    cfg = training_preset(preset, **(train_settings or {}))
     text = cfg.caption_prefix + cfg.instance_template.format(id=style, obj=obj, caption=obj)
     has_obj = "{obj}" in cfg.instance_template or "{caption}" in cfg.instance_template
     return text if has_obj else f"{obj} in {text}"

@@ -18,13 +18,13 @@ from ..data import list_images
 from ..io import read_rgb, save_png
 from ..methods.registry import InjectJob
 from .graph import Task
-from .plan import RunConfig, content_path, final_path, lora_path
+from .plan import RunConfig, content_path, final_path, lora_path, scheduler_name
 from .runtime import WorkerContext
 
 if TYPE_CHECKING:
     from ..training import LoRATrainConfig
 
-__all__ = ["execute", "train_config", "OUTPUT_SIZE"]
+__all__ = ["execute", "train_config", "base_dtype", "OUTPUT_SIZE"]
 
 OUTPUT_SIZE = 512  # the challenge's result size
 
@@ -35,15 +35,23 @@ def _pipeline(cfg: RunConfig, ctx: WorkerContext):
         from ..pipeline import load_pipeline
 
         device = use_device(ctx.device)
-        # float16 on CUDA, the VAE in float32 where its config asks (force_upcast: fp16 VAEs overflow)
-        dtype = "float16" if device == "cuda" else "float32"
+        # --dtype auto: float16 on CUDA, the VAE in float32 where its config asks (force_upcast: fp16 VAEs overflow)
+        dtype = base_dtype(cfg.dtype, device)
         ctx.cache["pipe"] = load_pipeline(cfg.model, dtype=dtype, vae_dtype="auto")
-        ctx.log.info("loaded %s on %s", cfg.model, device)
+        ctx.log.info("loaded %s on %s in %s", cfg.model, device, dtype)
     return ctx.cache["pipe"]
 
 
-def _use_lora(pipe, ctx: WorkerContext, style: str | None) -> None:
-    """Make the pipeline carry `style`'s LoRA (None: no LoRA at all), reusing what is already there."""
+def base_dtype(dtype: str, device: str) -> str:
+    """The base model's dtype for --dtype (auto: float16 on CUDA, float32 on CPU)."""
+    if dtype != "auto":
+        return dtype
+    return "float16" if device == "cuda" else "float32"
+
+
+def _use_lora(pipe, ctx: WorkerContext, style: str | None, skip: tuple[str, ...] = ()) -> None:
+    """Make the pipeline carry `style`'s LoRA without the `skip` targets (None: no LoRA at all), reusing what is
+    already there."""
     from .. import lora as L
 
     if ctx.cache.get("lora") == style:
@@ -54,7 +62,7 @@ def _use_lora(pipe, ctx: WorkerContext, style: str | None) -> None:
             if model is not None:
                 L.remove_lora(model)
     else:
-        L.apply_lora(pipe, ctx.out_dir / lora_path(style))
+        L.apply_lora(pipe, ctx.out_dir / lora_path(style), skip=skip)
     ctx.cache["lora"] = style
 
 
@@ -68,16 +76,15 @@ def _save(image: np.ndarray, path: Path, size: int | None = None) -> None:
 
 
 def train_config(cfg: RunConfig, style: str, out_dir: Path, base_dtype: str) -> LoRATrainConfig:
-    """The LoRA recipe of one style's training task; a float16 base (CUDA) trains in fp16 mixed precision."""
+    """The LoRA training settings of one style's task: preset < the run's train_settings < its flags.
+
+    Precision follows the base: float32 LoRA tensors always; a float16 base (CUDA, --dtype auto) trains in fp16
+    mixed precision with a dynamic loss scale, a float32 base (--dtype float32: the JDiffusion baseline) in float32.
+    Never float16 training at a loss scale of 1."""
     from ..training import mixed_precision_for, preset
 
-    overrides: dict[str, Any] = dict(style_dir=str(Path(cfg.data) / style), output_dir=str(out_dir),
-                                     resolution=cfg.train_size or cfg.size, seed=cfg.seed, progress=False,
-                                     gradient_checkpointing=cfg.gradient_checkpointing,
-                                     mixed_precision=mixed_precision_for(base_dtype))
-    if cfg.train_steps is not None:
-        overrides["max_train_steps"] = cfg.train_steps
-    return preset(cfg.preset, **overrides)
+    return preset(cfg.preset, **cfg.train_overrides(), style_dir=str(Path(cfg.data) / style), output_dir=str(out_dir),
+                  progress=False, mixed_precision=mixed_precision_for(base_dtype))
 
 
 def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
@@ -85,16 +92,19 @@ def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any
 
     out = (ctx.out_dir / lora_path(task.style)).parent
     train_lora(train_config(cfg, task.style, out, pipe.dtype), pipe=pipe)
-    ctx.cache["lora"] = task.style  # training leaves this style's LoRA in the pipeline
+    # training leaves this style's whole LoRA in the pipeline; with layers to skip at inference it is reloaded
+    ctx.cache["lora"] = ("trained", task.style) if cfg.lora_skip() else task.style
     return {"lora": lora_path(task.style)}
 
 
 def generate(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
     method = cfg.method_entry
-    _use_lora(pipe, ctx, task.style if method.trains else None)
+    _use_lora(pipe, ctx, task.style if method.trains else None, cfg.lora_skip())
     prompt = cfg.prompt(task.style, task.prompt)
     image = pipe.text_to_image(prompt, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
-                               height=cfg.size, width=cfg.size, generator=np.random.default_rng(cfg.seed))[0]
+                               height=cfg.size, width=cfg.size,
+                               scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config),
+                               generator=np.random.default_rng(cfg.inference_seed(task.style)))[0]
     final = task.outputs[0] == final_path(task.style, task.prompt)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE if final else None)
     return {"prompt": prompt}
@@ -104,10 +114,12 @@ def inject(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, An
     """The method's inject function on this task's content (or none), with or without the style's LoRA."""
     method = cfg.method_entry
     content = read_rgb(ctx.out_dir / content_path(task.style, task.prompt), cfg.size) if method.generates else None
-    _use_lora(pipe, ctx, task.style if method.inject_lora else None)
+    _use_lora(pipe, ctx, task.style if method.inject_lora else None, cfg.lora_skip())
     job = InjectJob(settings=cfg.method_settings(), style=task.style, prompt=cfg.prompt(task.style, task.prompt),
                     content=content, references=list_images(Path(cfg.data) / task.style),
-                    reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance, seed=cfg.seed, cache=ctx.cache)
+                    reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
+                    seed=cfg.inference_seed(task.style), cache=ctx.cache,
+                    scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config))
     image, info = method.inject_function()(pipe, job)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)
     return info

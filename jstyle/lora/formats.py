@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,11 +227,16 @@ def _resolve_names(model: nn.Module, comp: str, layers: dict[str, LoRAParams], s
 
 
 def load_lora_weights(model: nn.Module, layers: Mapping[str, LoRAParams], comp: str = "unet",
-                      source: str = "LoRA") -> int:
-    """Inject LoRA layers shaped as `layers` into `model` and copy A, B and alpha in; returns tensors loaded."""
+                      source: str = "LoRA", skip: Sequence[str] = ()) -> int:
+    """Inject LoRA layers shaped as `layers` into `model` and copy A, B and alpha in; returns tensors loaded.
+
+    `skip`: target names (PEFT matching, e.g. "to_out.0") whose layers in the file are not loaded."""
     layers = _resolve_names(model, comp, dict(layers), source)
+    layers = {n: p for n, p in layers.items() if not any(n == t or n.endswith("." + t) for t in skip)}
     if lora_layers(model):
         remove_lora(model)
+    if not layers:
+        return 0
     ranks = {n: p.rank for n, p in layers.items()}
     inject_lora(model, list(layers), rank=max(ranks.values()), ranks=ranks,
                 alphas={n: p.alpha for n, p in layers.items()})
@@ -251,11 +256,14 @@ def load_lora_weights(model: nn.Module, layers: Mapping[str, LoRAParams], comp: 
     return loaded
 
 
-def apply_lora(pipe: Any, lora: str | Path | LoRAWeights, scale: float = 1.0) -> dict[str, int]:
+def apply_lora(pipe: Any, lora: str | Path | LoRAWeights, scale: float = 1.0,
+               skip: Sequence[str] = ()) -> dict[str, int]:
     """Load a LoRA file (or pre-read LoRAWeights) into a pipeline's unet / text_encoder / vae.
 
     Any LoRA already there is removed first, so switching styles needs no reload of the base model.
-    Returns {component: tensors loaded}; raises WeightsError if the file names a missing component.
+    `skip` leaves the file's layers of those targets out (skip=("to_out.0",): the JDiffusion baseline's
+    inference, where stock peft never injected the trained UNet to_out.0 weights). Returns {component:
+    tensors loaded}; raises WeightsError if the file names a missing component.
     """
     weights = lora if isinstance(lora, LoRAWeights) else read_lora_file(lora)
     counts = {}
@@ -267,6 +275,6 @@ def apply_lora(pipe: Any, lora: str | Path | LoRAWeights, scale: float = 1.0) ->
         model = getattr(pipe, comp, None)
         if model is None:
             raise WeightsError(f"{weights.source}: has {comp} LoRA layers but the pipeline has no {comp}")
-        counts[comp] = load_lora_weights(model, layers, comp, weights.source)
+        counts[comp] = load_lora_weights(model, layers, comp, weights.source, skip)
         set_lora_scale(model, scale)
     return counts

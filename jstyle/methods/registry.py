@@ -79,6 +79,7 @@ class InjectJob:
     guidance: float
     seed: int
     cache: dict[Any, Any] = field(default_factory=dict)  # lives as long as the worker (inversions, means)
+    scheduler: str = "ddim"  # the run's sampler (jstyle.schedulers.SCHEDULERS) for text-to-image and SDEdit
 
 
 @dataclass(frozen=True)

@@ -33,16 +33,37 @@ __all__ = ["mean_image", "strength_timesteps", "img2img", "build_parser", "main"
 POSTERIOR = ("sample", "mode")
 
 
-def mean_image(paths: Sequence[str | Path], size: int = 512) -> np.ndarray:
-    """Pixel mean of images, each read by `jstyle.io.read_rgb` at `size` (alpha on white, centre square
-    crop, Lanczos): uint8 [size, size, 3]."""
+MEAN_RESAMPLES = ("default", "bicubic")  # default: read_rgb's filter for the fit (Lanczos crop, bilinear squash)
+MEAN_ROUNDINGS = ("round", "floor")
+
+
+def mean_image(paths: Sequence[str | Path], size: int = 512, fit: str = "crop", resample: str = "default",
+               rounding: str = "round") -> np.ndarray:
+    """Pixel mean of images, each read by `jstyle.io.read_rgb` at `size`: uint8 [size, size, 3].
+
+    fit: read_rgb's ("crop": centre square crop, Lanczos; "squash": the whole image to a square, bilinear).
+    resample="bicubic" (fit="squash" only): the whole image resized with PIL's bicubic filter, PIL's default for
+    RGB `Image.resize` (JDiffArtFlow's get_avg_image). rounding: "round" to nearest, or "floor" as numpy's
+    `mean(...).astype(np.uint8)` truncates. Alpha is composited on white in every case (read_rgb)."""
+    from PIL import Image
+
+    if fit not in ("crop", "squash"):
+        raise ConfigError(f"mean image fit '{fit}': use crop or squash")
+    if resample not in MEAN_RESAMPLES or (resample == "bicubic" and fit != "squash"):
+        raise ConfigError(f"mean image resample '{resample}': use default, or bicubic with fit squash")
+    if rounding not in MEAN_ROUNDINGS:
+        raise ConfigError(f"mean image rounding '{rounding}': use one of {', '.join(MEAN_ROUNDINGS)}")
     paths = list(paths)
     if not paths:
         raise InputError("mean_image: no reference images given")
     total = np.zeros((size, size, 3), np.float64)
     for p in paths:
-        total += read_rgb(p, size)
-    return np.clip(np.round(total / len(paths)), 0, 255).astype(np.uint8)  # mean = sum / n, rounded
+        if resample == "bicubic":
+            total += np.asarray(Image.fromarray(read_rgb(p)).resize((size, size), Image.BICUBIC), np.float64)
+        else:
+            total += read_rgb(p, size, fit=fit)
+    mean = total / len(paths)  # mean = sum / n, then to uint8 rounded or truncated
+    return np.clip(np.round(mean) if rounding == "round" else np.floor(mean), 0, 255).astype(np.uint8)
 
 
 def strength_timesteps(timesteps: np.ndarray, strength: float) -> tuple[np.ndarray, int]:
@@ -308,22 +329,34 @@ class SDEditConfig:
     strength: float = field(default=0.9, metadata={"help": "SDEdit strength: the fraction of the schedule run, "
                                                            "in (0, 1]"})
     steps: int = field(default=40, metadata={"help": "SDEdit steps of the full schedule"})
+    mean_fit: str = field(default="crop", metadata={"help": "how each reference reaches the mean image's size: "
+                                                              "crop (centre square) or squash (whole image)"})
+    mean_resample: str = field(default="default", metadata={"help": "mean image filter: default (Lanczos crop, "
+                                                                      "bilinear squash) or bicubic (squash only)"})
+    mean_rounding: str = field(default="round", metadata={"help": "mean image to uint8: round or floor"})
 
     def __post_init__(self):
         if not 0.0 < self.strength <= 1.0:
             raise ConfigError(f"SDEdit strength must be in (0, 1], got {self.strength}")
         if self.steps < 1:
             raise ConfigError(f"SDEdit steps must be >= 1, got {self.steps}")
+        bicubic_crop = self.mean_resample == "bicubic" and self.mean_fit != "squash"
+        if self.mean_fit not in ("crop", "squash") or self.mean_rounding not in MEAN_ROUNDINGS or \
+                self.mean_resample not in MEAN_RESAMPLES or bicubic_crop:
+            raise ConfigError(f"SDEdit mean image: fit {self.mean_fit!r} (crop|squash), resample "
+                              f"{self.mean_resample!r} (default|bicubic with squash), rounding {self.mean_rounding!r} "
+                              "(round|floor)")
 
 
 def inject(pipe, job) -> tuple[np.ndarray, dict]:
     """run_all's inject stage (a jstyle.methods.registry.InjectJob): img2img of the prompt from the pixel mean
     of the style's references (kept in job.cache), with whatever LoRA the pipeline carries."""
-    key = ("mean", job.style, job.size)
+    st = job.settings
+    key = ("mean", job.style, job.size, st.mean_fit, st.mean_resample, st.mean_rounding)
     if key not in job.cache:
-        job.cache[key] = mean_image(job.references, job.size)
-    image = img2img(pipe, job.cache[key], [job.prompt], strength=job.settings.strength,
-                    num_inference_steps=job.settings.steps, guidance_scale=job.guidance,
+        job.cache[key] = mean_image(job.references, job.size, st.mean_fit, st.mean_resample, st.mean_rounding)
+    image = img2img(pipe, job.cache[key], [job.prompt], strength=st.strength,
+                    num_inference_steps=st.steps, guidance_scale=job.guidance, scheduler=job.scheduler,
                     generator=np.random.default_rng(job.seed))[0]
     return image, {"prompt": job.prompt, "init": "mean of references"}
 

@@ -16,6 +16,12 @@ __all__ = ["LoRATrainConfig", "PRESETS", "preset", "RESUME_FREE_FIELDS"]
 
 PRECISIONS = ("no", "fp16")
 CROPS = ("random", "center")
+# how an image reaches resolution * resize_margin: "crop" = the short side is resized (aspect kept), then cropped;
+# "squash" = the whole image resized to a square (bilinear), as jittor.transform.Resize(int) (jstyle.io FITS)
+RESIZES = ("crop", "squash")
+# class images: "same" = the instance images' augment; "resize" = resolution, centre, no flip (JDiffArtFlow's
+# class_transforms: Resize(512) + CenterCrop(512))
+CLASS_TRANSFORMS = ("same", "resize")
 
 
 @dataclass(frozen=True)
@@ -29,15 +35,18 @@ class LoRATrainConfig:
     instance_template: str = "style_{id}"  # fields: {id}, {obj} (caption or file stem), {caption}
     caption_prefix: str = ""
     resolution: int = 512
+    resize: str = "crop"  # crop | squash (RESIZES)
     crop: str = "random"
     resize_margin: float = 1.0  # 1.04 = resize to 1.04 x resolution, then crop (a measured gain)
     hflip: bool = False
     # prior preservation (DreamBooth)
     prior_preservation: bool = False
     class_prompt: str = "an image of {obj}"  # one class prompt per distinct {obj} of the style
+    class_generation_prompt: str | None = None  # the prompt class images are made with (None = class_prompt)
     num_class_images: int = 50
     class_dir: str | None = None  # default: <output_dir>/class_images
     prior_loss_weight: float = 1.0
+    class_transform: str = "same"  # same | resize (CLASS_TRANSFORMS)
     class_inference_steps: int = 25
     class_guidance_scale: float = 7.5
     # LoRA
@@ -94,6 +103,10 @@ class LoRATrainConfig:
             raise bad("learning_rate", "must be > 0 (and lr_warmup_steps >= 0)")
         if self.crop not in CROPS:
             raise bad("crop", f"use one of {', '.join(CROPS)}")
+        if self.resize not in RESIZES:
+            raise bad("resize", f"use one of {', '.join(RESIZES)}")
+        if self.class_transform not in CLASS_TRANSFORMS:
+            raise bad("class_transform", f"use one of {', '.join(CLASS_TRANSFORMS)}")
         if self.resize_margin < 1.0:
             raise bad("resize_margin", "must be >= 1 (1.04 = resize 4% larger, then crop)")
         if self.mixed_precision not in PRECISIONS:
@@ -107,6 +120,7 @@ class LoRATrainConfig:
         try:
             self.instance_template.format(id="x", obj="x", caption="x")
             self.class_prompt.format(obj="x", caption="x")
+            (self.class_generation_prompt or "").format(obj="x", caption="x")
         except (KeyError, IndexError, ValueError) as e:
             raise ConfigError(f"prompt template has an unknown field {e}; use {{id}}, {{obj}}, {{caption}}")
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from ..errors import InputError
 from ..io import atomic_write, read_rgb, save_png
 from .config import LoRATrainConfig
 
-__all__ = ["Example", "load_style_examples", "load_rgb", "augment", "ensure_class_images", "MIN_SIDE"]
+__all__ = ["Example", "load_style_examples", "load_rgb", "augment", "class_augment", "ensure_class_images",
+           "MIN_SIDE"]
 
 MIN_SIDE = 16  # smaller images carry no usable style; refused with the file named
 
@@ -81,13 +83,18 @@ def load_style_examples(cfg: LoRATrainConfig) -> list[Example]:
 
 
 def augment(image: np.ndarray, cfg: LoRATrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """Resize the short side to resolution * resize_margin (bilinear), crop resolution^2 (random or
-    center), optional horizontal flip (p = 0.5); returns float32 [3, R, R] in [-1, 1]."""
+    """Resize to resolution * resize_margin (bilinear): the short side (resize="crop") or the whole image to a
+    square (resize="squash", as jittor.transform.Resize(int(resolution * resize_margin)), = jstyle.io.read_rgb's
+    fit="squash"); crop resolution^2 (random or center), optional horizontal flip (p = 0.5); returns float32
+    [3, R, R] in [-1, 1]."""
     res = cfg.resolution
-    short = max(res, int(round(res * cfg.resize_margin)))
-    h, w = image.shape[:2]
-    scale = short / min(h, w)
-    nw, nh = max(short, int(round(w * scale))), max(short, int(round(h * scale)))
+    if cfg.resize == "squash":  # int(): JDiffArtFlow's Resize(int(512 * 1.04)) = 532
+        nw = nh = max(res, int(res * cfg.resize_margin))
+    else:
+        short = max(res, int(round(res * cfg.resize_margin)))
+        h, w = image.shape[:2]
+        scale = short / min(h, w)
+        nw, nh = max(short, int(round(w * scale))), max(short, int(round(h * scale)))
     im = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR), dtype=np.float32)
     if cfg.crop == "random":
         top, left = int(rng.integers(0, nh - res + 1)), int(rng.integers(0, nw - res + 1))
@@ -99,17 +106,29 @@ def augment(image: np.ndarray, cfg: LoRATrainConfig, rng: np.random.Generator) -
     return np.ascontiguousarray(im.transpose(2, 0, 1) / 127.5 - 1.0, dtype=np.float32)
 
 
+def class_augment(image: np.ndarray, cfg: LoRATrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """A class image's augment: the instance one (class_transform="same"), or resized to resolution with a
+    centre crop and no flip ("resize")."""
+    if cfg.class_transform == "same":
+        return augment(image, cfg, rng)
+    return augment(image, dataclasses.replace(cfg, resize_margin=1.0, crop="center", hflip=False), rng)
+
+
 def ensure_class_images(pipe, cfg: LoRATrainConfig, objs: list[str], class_dir: Path,
                         progress: bool = False) -> list[Example]:
     """cfg.num_class_images images of the class prompts, made once by the base model and cached.
 
     Prompts: cfg.class_prompt for each distinct obj (first-seen order), taken round-robin; image i is
-    drawn with np.random.default_rng([seed, 7, i]). The cache is reused while its manifest matches.
+    drawn with np.random.default_rng([seed, 7, i]), from cfg.class_generation_prompt when given (JDiffArtFlow
+    makes "A {obj} in the center" and trains on "an image of {obj}"). The cache is reused while its manifest
+    matches.
     """
-    prompts = list(dict.fromkeys(cfg.class_prompt.format(obj=o, caption=o) for o in objs))
+    gen = cfg.class_generation_prompt or cfg.class_prompt
+    pairs = list(dict.fromkeys((cfg.class_prompt.format(obj=o, caption=o), gen.format(obj=o, caption=o)) for o in objs))
+    prompts, generate = [p for p, _ in pairs], [g for _, g in pairs]
     class_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "model": str(getattr(pipe, "path", "")), "prompts": prompts, "resolution": cfg.resolution,
+        "model": str(getattr(pipe, "path", "")), "prompts": generate, "resolution": cfg.resolution,
         "steps": cfg.class_inference_steps, "guidance": cfg.class_guidance_scale, "seed": cfg.seed,
     }
     mpath = class_dir / "manifest.json"
@@ -129,7 +148,8 @@ def ensure_class_images(pipe, cfg: LoRATrainConfig, objs: list[str], class_dir: 
         path = class_dir / f"{i:04d}.png"
         if not path.is_file():
             img = pipe.text_to_image(
-                prompt, num_inference_steps=cfg.class_inference_steps, guidance_scale=cfg.class_guidance_scale,
+                generate[i % len(prompts)], num_inference_steps=cfg.class_inference_steps,
+                guidance_scale=cfg.class_guidance_scale,
                 height=cfg.resolution, width=cfg.resolution, generator=np.random.default_rng([cfg.seed, 7, i]),
             )[0]
             save_png(img, path)

@@ -26,7 +26,7 @@ from ..ops import as_dtype
 from ..schedulers import DDIMScheduler
 from .checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing, run_backward
 from .config import RESUME_FREE_FIELDS, LoRATrainConfig
-from .dataset import Example, augment, ensure_class_images, load_style_examples
+from .dataset import Example, augment, class_augment, ensure_class_images, load_style_examples
 from .optim import AdamW, LossScaler, all_finite, clip_grad_norm, lr_at
 
 __all__ = ["LoRATrainer", "Batch", "mse", "dreambooth_loss", "CHECKPOINT_DIR"]
@@ -78,6 +78,9 @@ class LoRATrainer:
         for i, (comp, targets) in enumerate(cfg.targets().items()):
             model = self.models[comp]
             L.remove_lora(model)
+            # optional targets (add_k_proj, add_v_proj) that match nothing are left out, as PEFT leaves them
+            optional = set(L.OPTIONAL_TARGETS.get(comp, ())) - set(L.default_targets(comp, model))
+            targets = tuple(t for t in targets if t not in optional)
             L.inject_lora(model, targets, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.dropout,
                           init=cfg.init, rng=np.random.default_rng([cfg.seed, 2, i]))
         self.lora_models = {c: self.models[c] for c in cfg.targets()}
@@ -143,7 +146,7 @@ class LoRATrainer:
         if self.cfg.prior_preservation:
             self.prepare_class_images()
             cls = [self._pick(self.class_examples, micro * bs + j, 3) for j in range(bs)]
-            b.class_pixels = np.stack([augment(e.image, self.cfg, rng) for e in cls])
+            b.class_pixels = np.stack([class_augment(e.image, self.cfg, rng) for e in cls])
             b.class_prompts = [e.prompt for e in cls]
         return b
 
