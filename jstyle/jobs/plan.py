@@ -98,6 +98,9 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown method setting '{unknown[0]}' (known: {', '.join(sorted(known))})")
         object.__setattr__(self, "styles", tuple(self.styles))
+        # a JSON list (--config) is the tuple a recipe gives (target lists): the same settings, the same hash
+        object.__setattr__(self, "train_settings", {k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in self.train_settings.items()})
         # a JSON 1 for a float setting is 1.0 (the same config hash as the flag's)
         object.__setattr__(self, "settings", {k: float(v) if known[k].type is float and type(v) is int else v
                                               for k, v in self.settings.items()})

@@ -33,11 +33,11 @@ __all__ = ["mean_image", "strength_timesteps", "img2img", "build_parser", "main"
 POSTERIOR = ("sample", "mode")
 
 
-MEAN_RESAMPLES = ("default", "bicubic")  # default: read_rgb's filter for the fit (Lanczos crop, bilinear squash)
+MEAN_RESAMPLES = ("fit", "bicubic")  # fit: read_rgb's filter for the fit (Lanczos crop, bilinear squash)
 MEAN_ROUNDINGS = ("round", "floor")
 
 
-def mean_image(paths: Sequence[str | Path], size: int = 512, fit: str = "crop", resample: str = "default",
+def mean_image(paths: Sequence[str | Path], size: int = 512, fit: str = "crop", resample: str = "fit",
                rounding: str = "round") -> np.ndarray:
     """Pixel mean of images, each read by `jstyle.io.read_rgb` at `size`: uint8 [size, size, 3].
 
@@ -50,7 +50,7 @@ def mean_image(paths: Sequence[str | Path], size: int = 512, fit: str = "crop", 
     if fit not in ("crop", "squash"):
         raise ConfigError(f"mean image fit '{fit}': use crop or squash")
     if resample not in MEAN_RESAMPLES or (resample == "bicubic" and fit != "squash"):
-        raise ConfigError(f"mean image resample '{resample}': use default, or bicubic with fit squash")
+        raise ConfigError(f"mean image resample '{resample}': use fit, or bicubic with fit squash")
     if rounding not in MEAN_ROUNDINGS:
         raise ConfigError(f"mean image rounding '{rounding}': use one of {', '.join(MEAN_ROUNDINGS)}")
     paths = list(paths)
@@ -331,8 +331,8 @@ class SDEditConfig:
     steps: int = field(default=40, metadata={"help": "SDEdit steps of the full schedule"})
     mean_fit: str = field(default="crop", metadata={"help": "how each reference reaches the mean image's size: "
                                                               "crop (centre square) or squash (whole image)"})
-    mean_resample: str = field(default="default", metadata={"help": "mean image filter: default (Lanczos crop, "
-                                                                      "bilinear squash) or bicubic (squash only)"})
+    mean_resample: str = field(default="fit", metadata={"help": "mean image filter: fit (the fit's own: Lanczos "
+                                                                  "crop, bilinear squash) or bicubic (squash only)"})
     mean_rounding: str = field(default="round", metadata={"help": "mean image to uint8: round or floor"})
 
     def __post_init__(self):
@@ -344,7 +344,7 @@ class SDEditConfig:
         if self.mean_fit not in ("crop", "squash") or self.mean_rounding not in MEAN_ROUNDINGS or \
                 self.mean_resample not in MEAN_RESAMPLES or bicubic_crop:
             raise ConfigError(f"SDEdit mean image: fit {self.mean_fit!r} (crop|squash), resample "
-                              f"{self.mean_resample!r} (default|bicubic with squash), rounding {self.mean_rounding!r} "
+                              f"{self.mean_resample!r} (fit|bicubic with squash), rounding {self.mean_rounding!r} "
                               "(round|floor)")
 
 
