@@ -27,6 +27,7 @@ import numpy as np
 from ..cli import run_cli
 from ..errors import ConfigError, InputError
 from ..models.hooks import HookHandle
+from ..ops import randn
 from ..schedulers.common import SchedulerOutput, ddim_sigma, ddim_step, predict_x0_eps
 from ..schedulers.ddim import DDIMScheduler
 from .inversion import ddim_invert, inversion_timesteps, make_scheduler
@@ -126,8 +127,6 @@ class _AsymmetricStep:
         return sample
 
     def step(self, model_output: jt.Var, timestep: int, sample: jt.Var) -> SchedulerOutput:
-        from ..ops import randn
-
         cfg, n, t, kind = self.cfg, self.n, int(timestep), self.scheduler.config.prediction_type
         a_t, a_prev = self.scheduler.alphas_cumprod[t], self.scheduler.alpha_prev(t)
         if model_output.shape[0] == 2 * n:  # edit step: [injected; plain]

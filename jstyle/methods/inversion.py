@@ -3,7 +3,9 @@
 Inversion walks the sampling schedule backwards: from a clean latent up to the noisiest kept
 timestep, evaluating the UNet at the *target* timestep label on the current latent, as diffusers'
 DDIMInverseScheduler and null-text inversion do. Sampling back from the result regenerates the
-latent up to the approximation eps(x_{t-1}, t) ~ eps(x_t, t).
+latent up to the approximation eps(x_{t-1}, t) ~ eps(x_t, t). Both use the shared DDIM math
+(schedulers.common); sampling is the pipeline's one denoising loop. `pipe` needs only `.unet` and
+`.scheduler_config`.
 """
 
 from __future__ import annotations
