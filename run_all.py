@@ -17,45 +17,64 @@ ROOT = Path(__file__).resolve().parent
 
 # --demo's settings: small enough for a 2-core CPU in minutes (any flag overrides them)
 DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=4, train_steps=8, styleid_steps=4,
-            sdedit_steps=4, guidance=7.5)
+            diffstyle_steps=4, sdedit_steps=4, guidance=7.5)
+HELP_ONLY = ("demo", "config", "no_progress", "no_check", "no_package")  # flags that are not run settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from jstyle.jobs.plan import METHODS, REFERENCE_RULES
+    """run_all's flags: the run's (defaults from RunConfig) and each method's settings (from the registry)."""
+    import dataclasses
 
+    from jstyle.jobs.plan import REFERENCE_RULES, RunConfig
+    from jstyle.methods import registry
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+    def dflt(name: str) -> str:
+        return f" (default {defaults[name]})"
+
+    methods = "\n".join(f"  {m.name:<19} {m.summary}" for m in registry.METHODS.values())
     p = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--demo", action="store_true", help="tiny random model on demo/data (CPU, minutes), then score")
-    p.add_argument("--config", type=Path, help="JSON file of settings (keys as the flags, e.g. \"train_steps\"); "
-                   "flags given on the command line override it")
+                                epilog=f"methods (--method):\n{methods}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", action="store_true", help="tiny random model on demo/data (CPU, minutes), then score; "
+                   "its settings: " + ", ".join(f"{k}={v}" for k, v in DEMO.items()))
+    p.add_argument("--config", type=Path, help="JSON file of settings (keys as the flags, e.g. \"train_steps\", "
+                   "\"styleid_gamma\"); flags given on the command line override it")
     p.add_argument("--data", type=Path, help="dataset: <style>/images/*, <style>/prompt.json (default demo/data)")
     p.add_argument("--model", type=Path, help="diffusers Stable Diffusion folder (--demo: a tiny random one)")
     p.add_argument("--out", type=Path, help="results folder (default outputs/demo, or outputs/<method>)")
-    p.add_argument("--method", choices=METHODS, help="default styleid_dreambooth")
+    p.add_argument("--method", choices=list(registry.METHODS), help="style-transfer method, listed below"
+                   + dflt("method"))
     p.add_argument("--styles", help="e.g. 00-14 or 00,03,07 (default: every style folder)")
-    p.add_argument("--devices", help="auto (every GPU, else CPU), cpu, cpu:N (N CPU workers) or GPU ids 0,1,2,3")
-    p.add_argument("--preset", help="LoRA recipe: baseline (the challenge's) or strong, multi_module, dreambooth")
-    p.add_argument("--backend", choices=("local", "ray"), help="local processes (default), or Ray actors: a local "
-                   "instance, or the cluster at --address (one GPU per cuda worker; --devices 0,1,2,3 asks for 4)")
+    p.add_argument("--devices", help="auto (every GPU, else CPU), cpu, cpu:N (N CPU workers) or GPU ids 0,1,2,3"
+                   + dflt("devices"))
+    p.add_argument("--preset", help="LoRA recipe: baseline (the challenge's) or strong, multi_module, dreambooth"
+                   + dflt("preset"))
+    p.add_argument("--backend", choices=("local", "ray"), help="local processes, or Ray actors: a local instance, "
+                   "or the cluster at --address (one GPU per cuda worker; --devices 0,1,2,3 asks for 4)"
+                   + dflt("backend"))
     p.add_argument("--address", help="ray cluster address, e.g. auto (with --backend ray)")
-    p.add_argument("--size", type=int, help="generation size in pixels (outputs are saved 512x512; default 512)")
-    p.add_argument("--steps", type=int, help="text-to-image DDIM steps (default 25)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance (default 7.5)")
-    p.add_argument("--seed", type=int, help="seed of every stage (default 0)")
+    p.add_argument("--size", type=int, help="generation size in pixels (outputs are saved 512x512)" + dflt("size"))
+    p.add_argument("--steps", type=int, help="text-to-image DDIM steps" + dflt("steps"))
+    p.add_argument("--guidance", type=float, help="classifier-free guidance" + dflt("guidance"))
+    p.add_argument("--seed", type=int, help="seed of every stage" + dflt("seed"))
     p.add_argument("--train-steps", type=int, help="LoRA steps (default: the preset's, 500 for baseline)")
+    p.add_argument("--train-size", type=int, help="LoRA training resolution in pixels (default: --size)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="LoRA training recomputes UNet blocks in the backward pass (less memory; same LoRA)")
-    p.add_argument("--strength", type=float, help="SDEdit strength (default 0.9)")
-    p.add_argument("--sdedit-steps", type=int, help="SDEdit steps (default 40)")
-    p.add_argument("--styleid-steps", type=int, help="StyleID / DiffStyle DDIM steps (default 50)")
-    p.add_argument("--gamma", type=float, help="StyleID query preservation (default 0.75)")
-    p.add_argument("--temperature", type=float, help="StyleID attention temperature (default 1.5)")
-    p.add_argument("--diffstyle-gamma", type=float, help="DiffStyle content injection ratio (default 0.3)")
-    p.add_argument("--reference", choices=REFERENCE_RULES, help="reference image for injection (default first)")
-    p.add_argument("--retries", type=int, help="retries of a failed task (default 1)")
+    p.add_argument("--reference", choices=REFERENCE_RULES, help="reference image for injection" + dflt("reference"))
+    p.add_argument("--retries", type=int, help="retries of a failed task" + dflt("retries"))
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to <out>/logs)")
     p.add_argument("--no-check", action="store_true", help="with --demo: skip scoring")
     p.add_argument("--no-package", action="store_true", help="with --demo: skip writing submission.zip")
+    for cls, users in registry.all_settings().items():
+        group = p.add_argument_group(f"{registry.prefix_of(cls)} settings ({cls.__name__}; "
+                                     f"--method {', '.join(m.name for m in users)})")
+        for st in registry.settings_of(cls):
+            kind = dict(action=argparse.BooleanOptionalAction) if st.type is bool else dict(type=st.type)
+            group.add_argument(st.flag, dest=st.key, metavar=st.field.upper(), help=f"{st.help} (default {st.default})",
+                               **kind)
     return p.parse_args(argv)
 
 
@@ -82,11 +101,17 @@ def settings(args: argparse.Namespace) -> dict:
     merged: dict = dict(DEMO) if args.demo else {}
     if args.config:
         try:
-            merged.update(json.loads(args.config.read_text()))
+            given = json.loads(args.config.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"{args.config}: not a readable JSON object of settings ({e})")
-    skip = {"demo", "config", "no_progress", "no_check", "no_package"}
-    merged.update({k: v for k, v in vars(args).items() if v is not None and k not in skip})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{args.config}: not a JSON object of settings ({{\"key\": value, ...}})")
+        known = sorted(k for k in vars(args) if k not in HELP_ONLY)
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown setting '{unknown[0]}' (known: {', '.join(known)})")
+        merged.update(given)
+    merged.update({k: v for k, v in vars(args).items() if v is not None and k not in HELP_ONLY})
     if args.no_progress:
         merged["progress"] = False
     return merged

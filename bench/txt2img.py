@@ -36,6 +36,7 @@ def complete_folder(folder: Path) -> None:
     """Add scheduler/, tokenizer/ and model_index.json (taken from a tiny sd2 pipeline) if missing."""
     if (folder / "model_index.json").exists():
         return
+    from jstyle.io import atomic_write
     from jstyle.tiny import write_tiny_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,8 +45,7 @@ def complete_folder(folder: Path) -> None:
             if not (folder / part).exists():
                 shutil.copytree(tiny / part, folder / part)
         index = json.loads((tiny / "model_index.json").read_text())
-        (folder / "model_index.json.tmp").write_text(json.dumps(index, indent=2) + "\n")
-        os.replace(folder / "model_index.json.tmp", folder / "model_index.json")
+        atomic_write(folder / "model_index.json", json.dumps(index, indent=2) + "\n")
 
 
 def jstyle_side(folder: Path, latent: int, steps: int, device: str = "cpu", dtype: str = "float32") -> None:

@@ -29,6 +29,7 @@ from checker.config import (
     CheckerConfig,
 )
 from checker.errors import CheckerError
+from checker.files import write_text_atomic
 from checker.weights import SLOTS, WEIGHTS_DIR_ENV
 
 __all__ = ["build_parser", "config_from_args", "main", "write_json_atomic"]
@@ -147,15 +148,8 @@ def _finite(obj: Any) -> Any:
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON to a temp file beside ``path``, then rename over it (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write JSON atomically (never a half file)."""
+    write_text_atomic(path, json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n")
 
 
 def _run(argv: Sequence[str] | None, backbones: Any = None) -> int:

@@ -12,17 +12,28 @@ the leaderboard used the real value).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from checker.clip_r import CLIP_MEAN, CLIP_STD
+from checker.data import StyleData
 from checker.errors import CheckerError
 from checker.images import to_unit_chw
+from checker.metric import Backbones, Metric, Run, StyleScore
 from checker.weights import load_state_dict_file, seeded
 
-__all__ = ["ANCHOR_TOKENS", "CONTEXT_LENGTH", "anchor_token_ids", "quality_probability", "build_clip_rn50", "ClipIqa"]
+__all__ = [
+    "METRIC",
+    "ANCHOR_TOKENS",
+    "CONTEXT_LENGTH",
+    "anchor_token_ids",
+    "quality_probability",
+    "build_clip_rn50",
+    "ClipIqa",
+]
 
 # CLIP BPE ids of "Good photo." and "Bad photo." with <|startoftext|> / <|endoftext|> (checked in tests)
 ANCHOR_TOKENS = ((49406, 886, 1125, 269, 49407), (49406, 2103, 1125, 269, 49407))
@@ -97,3 +108,23 @@ class ClipIqa:
                 feats = feats / feats.norm(p=2, dim=-1, keepdim=True)
                 probs[chunk] = quality_probability(feats, self.anchors).cpu()
         return probs
+
+
+def _build(paths: Mapping[str, Path | None], seed: int) -> dict[str, torch.nn.Module]:
+    return {"clip_rn50": build_clip_rn50(paths["clip_rn50"], seed)}
+
+
+def _start(bb: Backbones, run: Run) -> ClipIqa:
+    return ClipIqa(bb.clip_rn50, run.device, run.cfg.clip_iqa_input_scale)
+
+
+def score_style(iqa: ClipIqa, sd: StyleData, run: Run) -> StyleScore:
+    """Style score = mean p_good of the generated images (no references needed)."""
+    if not sd.gens:
+        return StyleScore()
+    p = iqa([g.rgb for g in sd.gens])
+    return StyleScore(float(p.double().mean()), images={"clip_iqa": p.tolist()})
+
+
+METRIC = Metric("clip_iqa", "clip_iqa_score", True, "CLIP-IQA RN50, 'Good photo.' vs 'Bad photo.'",
+                score_style=score_style, weights=("clip_rn50",), build=_build, start=_start)

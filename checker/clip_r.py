@@ -13,16 +13,24 @@ from __future__ import annotations
 import gzip
 import json
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from checker.data import StyleData, candidate_prompts, list_images
 from checker.errors import CheckerError
 from checker.images import normalize_chw, resize_shortest_center_crop
+from checker.metric import Aggregate, Backbones, Metric, Run, StyleScore
 from checker.weights import package_file, seeded
 
+if TYPE_CHECKING:
+    from checker.config import CheckerConfig
+
 __all__ = [
+    "METRIC",
     "CLIP_MEAN",
     "CLIP_STD",
     "TOP_K",
@@ -165,3 +173,49 @@ class ClipR:
     def ranks(self, rgbs: list[np.ndarray], owns: list[str], prompts: list[str]) -> list[int]:
         """Rank (0 = best) of each image's own word among set(prompts + [own])."""
         return self.ranks_from_logits(self.image_logits(rgbs), owns, prompts)
+
+
+def _build(paths: Mapping[str, Path | None], seed: int) -> dict[str, object]:
+    return {"clip": build_clip(paths["clip"], seed), "clip_tokenizer": build_tokenizer(paths["clip"])}
+
+
+def _check(cfg: CheckerConfig) -> None:
+    candidate_prompts(cfg.data, cfg.clip_r_prompts)
+
+
+def _submission_stems(submission: Path, styles: Sequence[str]) -> set[str]:
+    stems: set[str] = set()
+    for s in styles:
+        if (submission / s).is_dir():
+            stems |= {p.stem.lower() for p in list_images(submission / s)[0]}
+    return stems
+
+
+def _start(bb: Backbones, run: Run) -> tuple[ClipR, list[str]]:
+    """The candidate words, and the text embeddings of every candidate and own word, once per run."""
+    prompts = candidate_prompts(run.cfg.data, run.cfg.clip_r_prompts)
+    clip_r = ClipR(bb.clip, bb.clip_tokenizer, run.device, run.cfg.batch_size)
+    clip_r.set_words(prompts + sorted(_submission_stems(run.cfg.submission, run.styles)))
+    return clip_r, prompts
+
+
+def score_style(state: tuple[ClipR, list[str]], sd: StyleData, run: Run) -> StyleScore:
+    """Hits / (images + missing prompts) of the style; per image the own word's rank and hit."""
+    clip_r, prompts = state
+    gens = [g.rgb for g in sd.gens]
+    ranks = clip_r.ranks(gens, [g.path.stem.lower() for g in sd.gens], prompts) if gens else []
+    hits, total = sum(r < TOP_K for r in ranks), len(ranks) + len(sd.missing)
+    return StyleScore(hits / total if total else None,
+                      images={"clip_r_rank": ranks, "clip_r_hit": [r < TOP_K for r in ranks]},
+                      extra={"clip_r_hits": hits, "clip_r_total": total})
+
+
+def aggregate(scores: Sequence[StyleScore], run: Run) -> Aggregate:
+    """Micro average: all hits / all images (a missing prompt counts as a miss)."""
+    total = sum(s.extra["clip_r_total"] for s in scores)
+    return (sum(s.extra["clip_r_hits"] for s in scores) / total if total else None), ()
+
+
+METRIC = Metric("clip_r", "clip_r_score", True, "CLIP ViT-L/14 R-precision, own prompt in the top 5",
+                score_style=score_style, weights=("clip",), build=_build, start=_start, aggregate=aggregate,
+                check=_check)

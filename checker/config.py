@@ -1,12 +1,13 @@
-"""Metric metadata and the run configuration (frozen, built once from the CLI)."""
+"""The run configuration (frozen, built once from the CLI) and the names it is checked against."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from checker.metrics import METRICS
+
 __all__ = [
-    "MetricInfo",
     "METRICS",
     "METRIC_NAMES",
     "MODES",
@@ -20,28 +21,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class MetricInfo:
-    """One row of the metric table."""
-
-    name: str
-    key: str  # key in the original checker's output
-    higher_is_better: bool
-    backbone: str | None  # weights slot (see checker.weights), None for pure OpenCV
-    summary: str
-
-
-METRICS: dict[str, MetricInfo] = {
-    m.name: m
-    for m in (
-        MetricInfo("dino", "dino_score", True, "dino", "DINOv2 ViT-B/14 CLS cosine, generated vs references"),
-        MetricInfo("hist", "hist_score", True, None, "OpenCV RGB + HSV histogram correlation"),
-        MetricInfo("lpips", "lpip_score", False, "squeezenet", "LPIPS v0.1 SqueezeNet, all (gen, ref) pairs"),
-        MetricInfo("fid", "fid_score", False, "inception", "FID on 64-d Inception pool features"),
-        MetricInfo("clip_iqa", "clip_iqa_score", True, "clip_rn50", "CLIP-IQA RN50, 'Good photo.' vs 'Bad photo.'"),
-        MetricInfo("clip_r", "clip_r_score", True, "clip", "CLIP ViT-L/14 R-precision, own prompt in the top 5"),
-    )
-}
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
 MODES = ("official", "fixed")
 FID_MODES = ("pooled", "last-style", "per-style-mean")
@@ -67,7 +46,7 @@ class CheckerConfig:
     mode: str = "official"
     fid_mode: str | None = None  # None: pooled (both modes: it is what the distributed fid_api.py ran)
     styles: tuple[str, ...] | None = None  # None: every style of the dataset
-    metrics: tuple[str, ...] = METRIC_NAMES
+    metrics: tuple[str, ...] = METRIC_NAMES  # names in the registry evaluate() is given (default checker.metrics)
     device: str = "cpu"  # resolved device ("cpu", "cuda", "cuda:1"); the CLI resolves "auto"
     batch_size: int = 16
     random_weights: bool = False
@@ -81,15 +60,21 @@ class CheckerConfig:
             object.__setattr__(self, "fid_mode", FID_MODE_ALIASES[self.fid_mode])
         if self.fid_mode is not None and self.fid_mode not in FID_MODES:
             raise ValueError(f"fid_mode must be one of {FID_MODES}, got {self.fid_mode!r}")
-        unknown = [m for m in self.metrics if m not in METRICS]
-        if unknown:
-            raise ValueError(f"unknown metrics {unknown}; known: {', '.join(METRIC_NAMES)}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
 
     @property
     def uses_union_prompts(self) -> bool:
         return isinstance(self.clip_r_prompts, str) and self.clip_r_prompts == CLIP_R_UNION
+
+    @property
+    def clip_r_candidates(self) -> str | None:
+        """result.json's label of the CLIP-R candidate words (None when clip_r is not scored)."""
+        if "clip_r" not in self.metrics:
+            return None
+        if isinstance(self.clip_r_prompts, Path):
+            return str(self.clip_r_prompts)
+        return "union of the dataset's prompt.json values" if self.uses_union_prompts else "shipped 215-word list"
 
     @property
     def official(self) -> bool:

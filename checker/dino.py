@@ -7,16 +7,19 @@ mean over generated images.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from checker.data import StyleData
 from checker.errors import CheckerError
 from checker.images import normalize_chw, resize_shortest_center_crop
+from checker.metric import Backbones, Metric, Run, StyleScore
 from checker.weights import seeded
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "dino_input", "cosine_matrix", "build_dino", "DinoEmbedder"]
+__all__ = ["METRIC", "IMAGENET_MEAN", "IMAGENET_STD", "dino_input", "cosine_matrix", "build_dino", "DinoEmbedder"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,3 +68,23 @@ class DinoEmbedder:
             x = torch.from_numpy(np.stack([dino_input(r) for r in rgbs[i : i + self.batch_size]]))
             out.append(self.model(pixel_values=x.to(self.device)).pooler_output.float().cpu())
         return torch.cat(out) if out else torch.zeros(0, 768)
+
+
+def _build(paths: Mapping[str, Path | None], seed: int) -> dict[str, torch.nn.Module]:
+    return {"dino": build_dino(paths["dino"], seed)}
+
+
+def _start(bb: Backbones, run: Run) -> DinoEmbedder:
+    return DinoEmbedder(bb.dino, run.device, run.cfg.batch_size)
+
+
+def score_style(embed: DinoEmbedder, sd: StyleData, run: Run) -> StyleScore:
+    """Style score = mean over g of mean over r of cos(g, r); per image the mean over r."""
+    if not sd.usable:
+        return StyleScore()
+    cos = cosine_matrix(embed([g.rgb for g in sd.gens]), embed([r.rgb for r in sd.refs]))
+    return StyleScore(float(cos.mean()), images={"dino": cos.mean(1).tolist()})
+
+
+METRIC = Metric("dino", "dino_score", True, "DINOv2 ViT-B/14 CLS cosine, generated vs references",
+                score_style=score_style, weights=("dino",), build=_build, start=_start)

@@ -14,6 +14,7 @@ to 299x299 on its own when sizes differ, which gives the features a stack of equ
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from checker.data import Problem, StyleData
 from checker.errors import CheckerError
+from checker.metric import Aggregate, Backbones, Metric, Run, StyleScore
+from checker.score import aggregate_fid
 from checker.weights import load_state_dict_file, seeded
 
 __all__ = [
+    "METRIC",
     "INCEPTION_SIZE",
     "InceptionStem64",
     "resize_bilinear_tf1",
@@ -35,6 +40,7 @@ __all__ = [
     "inception_features",
     "fid_from_features",
     "pooled_fid",
+    "mixed_size_problem",
 ]
 
 INCEPTION_SIZE = 299
@@ -153,3 +159,48 @@ def pooled_fid(reals: list[torch.Tensor], fakes: list[torch.Tensor]) -> float | 
     """fid_api.py's rule: every style's references as real, every generated image as fake."""
     cat = lambda xs: torch.cat([torch.zeros(0, 64), *xs])  # noqa: E731
     return fid_from_features(cat(reals), cat(fakes))
+
+
+def mixed_size_problem(shapes: set[tuple[int, ...]]) -> list[Problem]:
+    """fid_api.py torch.stacks the pooled images; a mix of sizes would crash it: say so."""
+    if len(shapes) < 2:
+        return []
+    sizes = ", ".join(f"{s[1]}x{s[0]}" for s in sorted(shapes))
+    return [Problem("fid_mixed_sizes", "fid", f"images of sizes {sizes}: the original's torch.stack would fail; "
+                    "jstyle resizes each image to 299x299 on its own (the features a stack of equal sizes gives)")]
+
+
+def _build(paths: Mapping[str, Path | None], seed: int) -> dict[str, InceptionStem64]:
+    return {"inception": build_inception(paths["inception"], seed)}
+
+
+def _start(bb: Backbones, run: Run) -> InceptionStem64:
+    return bb.inception.to(run.device)
+
+
+def score_style(net: InceptionStem64, sd: StyleData, run: Run) -> StyleScore:
+    """Per-style FID; the features and image sizes are kept (``state``) for the pooled FID."""
+    if not sd.usable:
+        return StyleScore()
+    dev, bs = run.device, run.cfg.batch_size
+    real = inception_features(net, [r.rgb for r in sd.refs], dev, bs)
+    fake = inception_features(net, [g.rgb for g in sd.gens], dev, bs)
+    fid = fid_from_features(real, fake)
+    problems = () if fid is not None else (
+        Problem("fid_undefined", sd.name, "per-style FID needs >= 2 generated and >= 2 reference images"),)
+    shapes = {x.rgb.shape for x in (*sd.refs, *sd.gens)}
+    return StyleScore(fid, problems=problems, state=(real, fake, shapes))
+
+
+def aggregate(scores: Sequence[StyleScore], run: Run) -> Aggregate:
+    """--fid-mode: pooled (fid_api.py: one FID over every style's features), last-style or per-style-mean."""
+    mode = run.cfg.effective_fid_mode
+    if mode != "pooled":
+        return aggregate_fid([s.value for s in scores], mode), ()
+    kept = [s.state for s in scores if s.state is not None]
+    shapes = set().union(*(shape for _, _, shape in kept))
+    return pooled_fid([r for r, _, _ in kept], [f for _, f, _ in kept]), mixed_size_problem(shapes)
+
+
+METRIC = Metric("fid", "fid_score", False, "FID on 64-d Inception pool features", score_style=score_style,
+                weights=("inception",), build=_build, start=_start, aggregate=aggregate)

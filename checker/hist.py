@@ -15,7 +15,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from checker.data import StyleData
+from checker.metric import Metric, Run, StyleScore
+
 __all__ = [
+    "METRIC",
     "RGB_BINS",
     "HSV_BINS",
     "rgb_histogram",
@@ -88,3 +92,18 @@ def hist_style_scores(
     rgb = np.array([hist_correl(ref_rgb, g[0]) for g in gen])
     hsv = np.array([hist_correl(ref_hsv, g[1]) for g in gen])
     return rgb, hsv
+
+
+def score_style(state: None, sd: StyleData, run: Run) -> StyleScore:
+    """Style score (rgb + hsv) / 2 of the mean correlations; per image rgb, hsv and their mean."""
+    if not sd.usable:
+        return StyleScore()
+    wraps = run.cfg.hist_wraps
+    rgb, hsv = hist_style_scores([histograms(g.rgb, wraps) for g in sd.gens],
+                                 [histograms(r.rgb, wraps) for r in sd.refs])
+    return StyleScore(float((rgb.mean() + hsv.mean()) / 2),
+                      images={"hist_rgb": rgb, "hist_hsv": hsv, "hist": (rgb + hsv) / 2},
+                      extra={"hist_rgb": float(rgb.mean()), "hist_hsv": float(hsv.mean())})
+
+
+METRIC = Metric("hist", "hist_score", True, "OpenCV RGB + HSV histogram correlation", score_style=score_style)

@@ -8,6 +8,7 @@ pairs of a style are then formed from them (same numbers as calling torchmetrics
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,22 @@ import torch
 from PIL import Image
 from torch import nn
 
+from checker.data import StyleData
 from checker.errors import CheckerError
 from checker.images import to_unit_chw
+from checker.metric import Backbones, Metric, Run, StyleScore
 from checker.weights import load_state_dict_file, package_file, seeded
 
-__all__ = ["LPIPS_SIZE", "LpipsSqueeze", "lpips_input", "normalize_channels", "pair_distances", "build_lpips"]
+__all__ = [
+    "METRIC",
+    "LPIPS_SIZE",
+    "LpipsSqueeze",
+    "lpips_input",
+    "normalize_channels",
+    "layer_features",
+    "pair_distances",
+    "build_lpips",
+]
 
 LPIPS_SIZE = 256
 _CHANNELS = (64, 128, 256, 384, 384, 512, 512)
@@ -71,6 +83,14 @@ class LpipsSqueeze(nn.Module):
         return total
 
 
+def layer_features(net: LpipsSqueeze, rgbs: list[np.ndarray], device: torch.device,
+                   batch_size: int) -> list[torch.Tensor]:
+    """The 7 layer features of every image, each layer concatenated over batches."""
+    chunks = [net.layer_features(torch.from_numpy(np.stack([lpips_input(x) for x in rgbs[i : i + batch_size]]))
+                                 .to(device)) for i in range(0, len(rgbs), batch_size)]
+    return [torch.cat(layer) for layer in zip(*chunks)]
+
+
 def pair_distances(net: LpipsSqueeze, gen: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
     """(G, R) matrix of LPIPS distances from precomputed per-image layer features."""
     n_gen, n_ref = gen[0].shape[0], ref[0].shape[0]
@@ -113,3 +133,25 @@ def build_lpips(backbone: Path | None, heads: Path | None, seed: int = 0) -> Lpi
     except (KeyError, RuntimeError) as exc:
         raise CheckerError(f"{heads}: not LPIPS v0.1 squeeze heads (lin0..lin6.model.1.weight): {exc}") from None
     return net.eval().requires_grad_(False)
+
+
+def _build(paths: Mapping[str, Path | None], seed: int) -> dict[str, LpipsSqueeze]:
+    return {"lpips": build_lpips(paths["squeezenet"], paths["lpips_heads"], seed)}
+
+
+def _start(bb: Backbones, run: Run) -> LpipsSqueeze:
+    return bb.lpips.to(run.device)
+
+
+def score_style(net: LpipsSqueeze, sd: StyleData, run: Run) -> StyleScore:
+    """Style score = mean over all (g, r) pairs; per image the mean over r."""
+    if not sd.usable:
+        return StyleScore()
+    dev, bs = run.device, run.cfg.batch_size
+    d = pair_distances(net, layer_features(net, [g.rgb for g in sd.gens], dev, bs),
+                       layer_features(net, [r.rgb for r in sd.refs], dev, bs)).cpu()
+    return StyleScore(float(d.double().mean()), images={"lpips": d.mean(1).tolist()})
+
+
+METRIC = Metric("lpips", "lpip_score", False, "LPIPS v0.1 SqueezeNet, all (gen, ref) pairs",
+                score_style=score_style, weights=("squeezenet", "lpips_heads"), build=_build, start=_start)

@@ -10,12 +10,10 @@ from typing import Any
 
 from PIL import Image
 
-from checker.config import METRICS
+from checker.files import write_text_atomic
 from checker.images import ImageDecodeError, decode_rgb
 
 __all__ = ["summary_table", "write_html_report"]
-
-_COLS = ("dino", "hist", "lpips", "fid", "clip_iqa", "clip_r")
 
 
 def _fmt(v: Any, width: int = 8) -> str:
@@ -34,14 +32,14 @@ def summary_table(result: dict[str, Any], max_problems: int = 15) -> str:
     lines.append(f"jstyle checker {result['checker_version']}  mode={result['mode']}  fid={result['fid_mode']}")
     lines.append(f"{'metric':<10}{'value':>9}  better   original key")
     for k, v in result["metrics"].items():
-        better = "higher" if METRICS[k].higher_is_better else "lower"
-        lines.append(f"{k:<10}{_fmt(v, 9)}  {better:<7}  {METRICS[k].key}")
+        better = "higher" if result["higher_is_better"][k] else "lower"
+        lines.append(f"{k:<10}{_fmt(v, 9)}  {better:<7}  {result['original_keys'][k]}")
     lines.append(f"{'final':<10}{_fmt(result['final_score'], 9)}")
-    cols = [c for c in _COLS if c in result["metrics"]]
+    widths = {c: max(10, len(c) + 2) for c in result["metrics"]}  # 10 for the six; a longer name keeps a gap
     lines.append("")
-    lines.append(f"{'style':<8}{'gen':>5}{'ref':>5}" + "".join(f"{c:>10}" for c in cols))
+    lines.append(f"{'style':<8}{'gen':>5}{'ref':>5}" + "".join(f"{c:>{w}}" for c, w in widths.items()))
     for name, st in result["styles"].items():
-        row = "".join(_fmt(st.get(c), 10) for c in cols)
+        row = "".join(_fmt(st.get(c), w) for c, w in widths.items())
         lines.append(f"{name:<8}{st['n_generated']:>5}{st['n_references']:>5}{row}")
     probs = [p for p in result["problems"] if p["kind"] != "size"]
     if probs:
@@ -107,7 +105,7 @@ def write_html_report(result: dict[str, Any], out: Path, thumb: int = 160) -> No
                  "red = CLIP-R miss. Per image: dino, hist (higher better), lpips (lower better) against the "
                  "style's references; clip_iqa (higher better).</p>")
     for name, st in result["styles"].items():
-        summ = ", ".join(f"{k} {_fmt(st.get(k)).strip()}" for k in _COLS if k in st)
+        summ = ", ".join(f"{k} {_fmt(st.get(k)).strip()}" for k in result["metrics"] if k in st)
         parts.append(f"<div class='style'><h2>Style {html.escape(name)}</h2><p class='small'>{summ}</p>")
         mine = [p for p in result["problems"] if p["kind"] != "size" and name in Path(p["path"]).parts[-3:]]
         if mine:
@@ -119,7 +117,7 @@ def write_html_report(result: dict[str, Any], out: Path, thumb: int = 160) -> No
         parts.append(f"</div><h3>Generated ({st['n_generated']})</h3><div class='grid'>")
         for p in st["generated"]:
             sc = st["images"].get(Path(p).name, {})
-            lines = [f"{k} {sc[k]:.3f}" for k in ("dino", "hist", "lpips", "clip_iqa") if k in sc]
+            lines = [f"{k} {sc[k]:.3f}" for k in result["metrics"] if k in sc]  # metrics with a per-image value
             cls = ""
             if "clip_r_rank" in sc:
                 cls = "hit" if sc["clip_r_hit"] else "miss"
@@ -128,6 +126,4 @@ def write_html_report(result: dict[str, Any], out: Path, thumb: int = 160) -> No
         parts += [f"<div class='card miss'><div class='missing'>MISSING</div><b>{html.escape(w)}</b>"
                   "<br>clip-r miss</div>" for w in st["missing_prompts"]]
         parts.append("</div></div>")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, "\n".join(parts))

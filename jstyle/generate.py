@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .device import use_device
-    from .images import save_png
+    from .io import save_png
     from .pipeline import load_pipeline
 
     check_args(args)

@@ -28,7 +28,9 @@ __all__ = ["FITS", "read_rgb", "save_png", "atomic_path", "atomic_write", "temp_
 
 TEMP_SUFFIX = ".jstyle-tmp"
 _TEMP_NAME = re.compile(r"^\..+\.[0-9]+-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + "$")
-FITS = ("crop",)  # how `size` is reached: centre square crop, then a Lanczos resize
+# how `size` is reached: "crop" = centre square crop, then a Lanczos resize; "squash" = the whole image
+# resized to size x size with PIL's bilinear filter, as jittor.transform.Resize(size) with an int does
+FITS = ("crop", "squash")
 
 
 def temp_path(final: str | Path) -> Path:
@@ -86,8 +88,9 @@ def save_png(image: np.ndarray, path: str | Path, info: dict[str, str] | None = 
 def read_rgb(path: str | Path, size: int | None = None, fit: str = "crop") -> np.ndarray:
     """An image file as RGB uint8 [H, W, 3], alpha composited on white.
 
-    With `size`: the centred largest square is cropped, then resized to size x size (Lanczos, as
-    diffusers' VaeImageProcessor).
+    With `size` and fit="crop": the centred largest square is cropped, then resized to size x size
+    (Lanczos, as diffusers' VaeImageProcessor). fit="squash": the whole image is resized to size x size
+    (bilinear, aspect not kept), as the JDiffusion baseline's `jittor.transform.Resize(size)`.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -115,6 +118,8 @@ def read_rgb(path: str | Path, size: int | None = None, fit: str = "crop") -> np
     if size is None:
         return np.asarray(rgb, dtype=np.uint8)
     w, h = rgb.size
+    if fit == "squash":  # jittor.transform.resize: img.resize((w, h), Image.BILINEAR), even when same size
+        return np.asarray(rgb.resize((size, size), Image.BILINEAR), dtype=np.uint8)
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
     square = rgb.crop((left, top, left + s, top + s))

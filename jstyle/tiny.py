@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from .cli import run_cli
-from .errors import JStyleError
-from .tokenizer import write_toy_vocab
+from .errors import ConfigError, JStyleError
+from .io import atomic_path
+from .tokenizer import END_OF_WORD, bytes_to_unicode, merge_pair, normalize, pre_tokenize
 
-__all__ = ["TINY_CONFIGS", "write_tiny_pipeline"]
+__all__ = ["TINY_CONFIGS", "write_tiny_pipeline", "write_toy_vocab"]
 
 _SCHEDULER = {
     "_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
@@ -64,6 +64,52 @@ _TOY_WORDS = (
 ).split()
 
 
+
+def write_toy_vocab(
+    directory: str | Path, words: Iterable[str], num_merges: int = 86, pad_token: str = "<|endoftext|>"
+) -> int:
+    """Write a tiny CLIP-style tokenizer folder learned from `words`; returns the vocabulary size.
+
+    Vocabulary: the 256 byte characters, the same with '</w>', `num_merges` BPE merges learned from
+    the lower-cased words (most frequent pair first, ties broken by the pair itself), then
+    `<|startoftext|>` and `<|endoftext|>` as the last two ids. transformers' CLIPTokenizer loads it.
+    """
+    d = Path(directory)
+    table = bytes_to_unicode()
+    base = list(table.values())
+    vocab = base + [c + END_OF_WORD for c in base]
+    counts = Counter(w for word in words for w in pre_tokenize(normalize(word)))
+    segmented = {w: list(w[:-1]) + [w[-1] + END_OF_WORD] for w in counts}
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: Counter = Counter()
+        for w, symbols in segmented.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += counts[w]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        for w, symbols in segmented.items():
+            segmented[w] = merge_pair(symbols, best)
+        if "".join(best) not in vocab:
+            vocab.append("".join(best))
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    if pad_token not in vocab:
+        raise ConfigError(f"toy vocabulary: pad token {pad_token!r} is not a vocabulary token")
+    d.mkdir(parents=True, exist_ok=True)
+    vocab_json = json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False)
+    (d / "vocab.json").write_text(vocab_json, encoding="utf-8")
+    merges_txt = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    (d / "merges.txt").write_text(merges_txt, encoding="utf-8")
+    specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                "pad_token": pad_token}
+    (d / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, **specials}
+    (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return len(vocab)
+
+
 def _random_state(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Plausible random weights: fan-in scaled matrices, norms near 1, small biases."""
     out = {}
@@ -98,9 +144,7 @@ def write_tiny_pipeline(path: str | Path, kind: str = "sd2", seed: int = 0) -> P
         raise JStyleError(f"unknown tiny model kind '{kind}'; use one of {', '.join(TINY_CONFIGS)}")
     cfg = TINY_CONFIGS[kind]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_path(path, directory=True) as tmp:
         rng = np.random.default_rng(seed)
         vocab_size = write_toy_vocab(tmp / "tokenizer", _TOY_WORDS, pad_token=cfg["pad_token"])
         text = {
@@ -124,12 +168,6 @@ def write_tiny_pipeline(path: str | Path, kind: str = "sd2", seed: int = 0) -> P
             "vae": ["diffusers", "AutoencoderKL"],
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 

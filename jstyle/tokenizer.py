@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import regex
 
 from .errors import ConfigError, InputError
 
-__all__ = ["CLIPTokenizer", "bytes_to_unicode", "normalize", "pre_tokenize", "write_toy_vocab"]
+__all__ = ["CLIPTokenizer", "bytes_to_unicode", "normalize", "pre_tokenize", "merge_pair", "END_OF_WORD"]
 
 # transformers' CLIPTokenizer: Split(pattern, behavior="removed", invert=True) keeps only the matches.
 _CLIP_PATTERN = regex.compile(
@@ -43,7 +42,7 @@ _BYTE_LEVEL_PATTERN = regex.compile(
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 )
 _WHITESPACE = regex.compile(r"\s+")
-_SUFFIX = "</w>"
+END_OF_WORD = "</w>"  # BPE marks the last character of a word
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")  # transformers' order
 _DEFAULTS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
              "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
@@ -81,7 +80,7 @@ def pre_tokenize(text: str) -> list[str]:
     ]
 
 
-def _merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
     """Merge every non-overlapping occurrence of `pair`, left to right."""
     out, i = [], 0
     while i < len(symbols):
@@ -96,12 +95,12 @@ def _merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
 
 def bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """Greedy BPE: repeatedly merge the adjacent pair of lowest rank; the last char carries '</w>'."""
-    symbols = list(word[:-1]) + [word[-1] + _SUFFIX]
+    symbols = list(word[:-1]) + [word[-1] + END_OF_WORD]
     while len(symbols) > 1:
         best = min(zip(symbols, symbols[1:]), key=lambda p: ranks.get(p, float("inf")))
         if best not in ranks:
             break
-        symbols = _merge_pair(symbols, best)
+        symbols = merge_pair(symbols, best)
     return symbols
 
 
@@ -345,49 +344,3 @@ def _special_tokens(
         tok = added.get(content)
         out[key] = (content, tok.normalized, tok.id) if tok else (content, normalized, None)
     return out, added
-
-
-def write_toy_vocab(
-    directory: str | Path, words: Iterable[str], num_merges: int = 86, pad_token: str = "<|endoftext|>"
-) -> int:
-    """Write a tiny CLIP-style tokenizer folder learned from `words`; returns the vocabulary size.
-
-    Vocabulary: the 256 byte characters, the same with '</w>', `num_merges` BPE merges learned from
-    the lower-cased words (most frequent pair first, ties broken by the pair itself), then
-    `<|startoftext|>` and `<|endoftext|>` as the last two ids. transformers' CLIPTokenizer loads it.
-    """
-    d = Path(directory)
-    table = bytes_to_unicode()
-    base = list(table.values())
-    vocab = base + [c + _SUFFIX for c in base]
-    counts = Counter(w for word in words for w in pre_tokenize(normalize(word)))
-    segmented = {w: list(w[:-1]) + [w[-1] + _SUFFIX] for w in counts}
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs: Counter = Counter()
-        for w, symbols in segmented.items():
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] += counts[w]
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        for w, symbols in segmented.items():
-            segmented[w] = _merge_pair(symbols, best)
-        if "".join(best) not in vocab:
-            vocab.append("".join(best))
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    if pad_token not in vocab:
-        raise ConfigError(f"toy vocabulary: pad token {pad_token!r} is not a vocabulary token")
-    d.mkdir(parents=True, exist_ok=True)
-    vocab_json = json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False)
-    (d / "vocab.json").write_text(vocab_json, encoding="utf-8")
-    merges_txt = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
-    (d / "merges.txt").write_text(merges_txt, encoding="utf-8")
-    specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-                "pad_token": pad_token}
-    (d / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, **specials}
-    (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return len(vocab)
-

@@ -15,11 +15,9 @@ import argparse
 import csv
 import io
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +40,6 @@ def train_one(model: str, settings: dict) -> None:
 
     train_lora(preset("baseline", **settings), model=model)
     print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run_variant(name: str, args: argparse.Namespace, model: str) -> dict:
@@ -94,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         from jstyle.tiny import write_tiny_pipeline
 
         model = str(write_tiny_pipeline(args.out / "tiny-model", kind="sd2", seed=0))
+    from jstyle.io import atomic_write
+
     rows = []
     for name in args.variants.split(","):
         rows.append(run_variant(name, args, model))
@@ -102,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(args.out / "ablation.csv", buf.getvalue())
+    atomic_write(args.out / "ablation.csv", buf.getvalue())
     head = f"LoRA targets on {args.style_dir}, {args.steps} steps at {args.resolution} px, model {model}\n\n"
     table = "| " + " | ".join(rows[0]) + " |\n| " + " | ".join("---" for _ in rows[0]) + " |\n"
     table += "".join("| " + " | ".join(str(v) for v in r.values()) + " |\n" for r in rows)
-    _atomic_write(args.out / "ablation.md", head + table)
+    atomic_write(args.out / "ablation.md", head + table)
     print(head + table)
     return 0
 

@@ -11,15 +11,14 @@ Needs only PIL: runs in either environment.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jstyle.data import list_styles, read_prompts  # noqa: E402
 from jstyle.errors import JStyleError  # noqa: E402
+from jstyle.io import atomic_path  # noqa: E402
 
 SIZE = (512, 512)
 
@@ -74,17 +73,9 @@ def validate(results: Path, data: Path, styles: list[str] | None = None) -> tupl
 
 
 def write_zip(members: list[tuple[Path, str]], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            for path, name in members:
-                z.write(path, name)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for path, name in members:
+            z.write(path, name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..io import atomic_write
 from .graph import Task
 
 __all__ = ["Manifest", "config_hash", "versions"]
@@ -48,18 +47,6 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class Manifest:
     """Per-task records, rewritten atomically after every event (so a kill loses nothing recorded)."""
 
@@ -80,7 +67,7 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        _write_json(self.path, self.data)
+        atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=False, default=str))
 
     def is_done(self, task: Task) -> bool:
         rec = self.tasks.get(task.key)

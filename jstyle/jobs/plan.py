@@ -1,33 +1,24 @@
 """What a run does: its settings (RunConfig) and the task graph they imply, per style and prompt.
 
 Stages per style: train its LoRA -> generate content per prompt -> inject the style -> <out>/<style>/<Prompt>.png.
-Which stages a method uses:
-
-| method             | train | generate (content)             | inject                                  |
-|--------------------|-------|--------------------------------|-----------------------------------------|
-| dreambooth         | yes   | "{obj} in style_NN", final     | -                                       |
-| sdedit             | yes   | -                              | img2img from the references' pixel mean |
-| styleid            | -     | "{obj}" with the base model    | StyleID with a reference image          |
-| styleid_dreambooth | yes   | "{obj} in style_NN" (LoRA)     | StyleID with a reference image          |
-| diffstyle          | -     | "{obj}" with the base model    | DiffStyle with a reference image        |
+Which stages a method runs, its prompt and its settings come from jstyle.methods.registry (`method_table()`
+prints the table). The "{instance}" prompt is the style LoRA's instance prompt of the training preset
+(jstyle.training.config), so generation asks for what training taught.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..methods import registry
 from .graph import Task, TaskGraph
 
-__all__ = ["METHODS", "RunConfig", "build_graph", "lora_path", "content_path", "final_path"]
+__all__ = ["RunConfig", "build_graph", "instance_prompt", "lora_path", "content_path", "final_path"]
 
-METHODS = ("dreambooth", "styleid", "styleid_dreambooth", "sdedit", "diffstyle")
-TRAINS = ("dreambooth", "styleid_dreambooth", "sdedit")
-GENERATES = ("dreambooth", "styleid", "styleid_dreambooth", "diffstyle")
-INJECTS = ("styleid", "styleid_dreambooth", "sdedit", "diffstyle")
 REFERENCE_RULES = ("first", "nearest")
 # settings that do not change any output (left out of the manifest's config hash)
 RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "gradient_checkpointing")
@@ -35,7 +26,10 @@ RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that decides a run's outputs (and a few runtime knobs listed in RUNTIME_ONLY)."""
+    """Everything that decides a run's outputs (and a few runtime knobs listed in RUNTIME_ONLY).
+
+    `settings` holds the method settings given by key ("styleid_gamma": 0.5, see jstyle.methods.registry);
+    an absent key is its dataclass default. to_dict() / from_dict() use flat keys, as run_all's flags."""
 
     data: str
     model: str
@@ -50,61 +44,94 @@ class RunConfig:
     train_steps: int | None = None  # None = the preset's
     train_size: int | None = None  # None = size
     gradient_checkpointing: bool = False  # LoRA training: recompute UNet blocks (less memory, same result)
-    strength: float = 0.9  # SDEdit
-    sdedit_steps: int = 40
-    styleid_steps: int = 50  # StyleID and DiffStyle DDIM steps (the noisiest, t = 981, is skipped)
-    gamma: float = 0.75  # StyleID query preservation
-    temperature: float = 1.5  # StyleID attention temperature
-    diffstyle_gamma: float = 0.3  # DiffStyle content injection ratio
     reference: str = "first"  # which reference image the injection uses: first | nearest
     devices: str = "auto"
     backend: str = "local"
     address: str | None = None
     retries: int = 1
     progress: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
+        method = registry.get(self.method)
         if self.reference not in REFERENCE_RULES:
             raise ConfigError(f"--reference {self.reference!r}: use one of {', '.join(REFERENCE_RULES)}")
         if self.backend not in ("local", "ray"):
             raise ConfigError(f"--backend {self.backend!r}: use local or ray")
-        for name in ("size", "steps", "sdedit_steps", "styleid_steps"):
+        for name in ("size", "steps"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.size % 8 or (self.train_size or 8) % 8:
-            raise ConfigError(f"--size must be a multiple of 8, got {self.size}")
-        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.diffstyle_gamma <= 1.0 and 0.0 < self.strength <= 1.0):
-            raise ConfigError("--gamma and --diffstyle-gamma must be in [0, 1], --strength in (0, 1]")
+                raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
+        for name in ("size", "train_size"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 8):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive multiple of 8, got {value}")
         if self.guidance < 0 or self.retries < 0:
             raise ConfigError("--guidance and --retries must be >= 0")
+        known = {s.key: s for cls in registry.all_settings() for s in registry.settings_of(cls)}
+        unknown = sorted(set(self.settings) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown method setting '{unknown[0]}' (known: {', '.join(sorted(known))})")
         object.__setattr__(self, "styles", tuple(self.styles))
+        # a JSON 1 for a float setting is 1.0 (the same config hash as the flag's)
+        object.__setattr__(self, "settings", {k: float(v) if known[k].type is float and type(v) is int else v
+                                              for k, v in self.settings.items()})
+        for other in registry.METHODS.values():  # every given setting is checked, the method's own always
+            cls = other.settings_class()
+            if other is method or (cls and any(s.key in self.settings for s in registry.settings_of(cls))):
+                registry.build_settings(other, self.settings, self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        """From flat keys: the fields, and the method settings' keys ("styleid_gamma")."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"settings"}
+        keys = registry.setting_keys()
+        unknown = sorted(set(d) - names - keys)
         if unknown:
-            raise ConfigError(f"unknown run setting '{unknown[0]}' (known: {', '.join(sorted(names))})")
-        return cls(**d)
+            raise ConfigError(f"unknown run setting '{unknown[0]}' (known: {', '.join(sorted(names | keys))})")
+        return cls(**{k: v for k, v in d.items() if k in names}, settings={k: v for k, v in d.items() if k in keys})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        return {**{k: v for k, v in d.items() if k != "settings"}, **d["settings"]}
+
+    @property
+    def method_entry(self) -> registry.Method:
+        return registry.get(self.method)
+
+    def method_settings(self) -> Any:
+        """The method's settings dataclass (None for a method without settings)."""
+        return registry.build_settings(self.method_entry, self.settings, self)
 
     def hashed(self) -> dict[str, Any]:
-        """The settings that decide the outputs: the manifest's config hash covers exactly these."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_ONLY}
+        """The settings that decide the outputs: the manifest's config hash covers exactly these (the method's
+        own settings with their defaults filled in; another method's settings change nothing)."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_ONLY and k != "settings"}
+        settings = self.method_entry.settings_class()
+        for s in registry.settings_of(settings) if settings else ():
+            d[s.key] = self.settings.get(s.key, s.default)
+        return d
 
     @property
     def trains(self) -> bool:
-        return self.method in TRAINS
+        return self.method_entry.trains
 
     def prompt(self, style: str, obj: str) -> str:
-        """The text prompt of a generated image: the LoRA's trigger words when the method trains one."""
-        if not self.trains:
-            return obj
-        return f"an image of {obj} in style_{style}" if self.preset == "strong" else f"{obj} in style_{style}"
+        """The text prompt of object word `obj` in `style` (the method's template; {instance}: the LoRA's)."""
+        template = self.method_entry.prompt
+        instance = instance_prompt(self.preset, style, obj) if "{instance}" in template else ""
+        return template.format(obj=obj, instance=instance)
+
+
+def instance_prompt(preset: str, style: str, obj: str) -> str:
+    """The prompt a style LoRA of `preset` was trained with, for object word `obj`: the preset's
+    caption_prefix + instance_template. A template without the object (the baseline's "style_{id}") gets
+    "{obj} in " before it, as the challenge baseline generates ("Cat in style_03")."""
+    from ..training.config import preset as training_preset
+
+    cfg = training_preset(preset)
+    text = cfg.caption_prefix + cfg.instance_template.format(id=style, obj=obj, caption=obj)
+    has_obj = "{obj}" in cfg.instance_template or "{caption}" in cfg.instance_template
+    return text if has_obj else f"{obj} in {text}"
 
 
 def lora_path(style: str) -> str:
@@ -121,17 +148,18 @@ def final_path(style: str, prompt: str) -> str:
 
 def build_graph(cfg: RunConfig, prompts: dict[str, list[str]]) -> TaskGraph:
     """Tasks for {style: [object words]}; each waits only for what it reads."""
+    method = cfg.method_entry
     graph = TaskGraph()
     for style, objs in prompts.items():
         train = None
-        if cfg.trains:
+        if method.trains:
             train = graph.add(Task(f"{style}/train", "train", style, outputs=(lora_path(style),))).key
         for obj in objs:
             after = (train,) if train else ()
-            if cfg.method in GENERATES:
-                out = final_path(style, obj) if cfg.method not in INJECTS else content_path(style, obj)
+            if method.generates:
+                out = content_path(style, obj) if method.inject else final_path(style, obj)
                 after = (graph.add(Task(f"{style}/generate/{obj}", "generate", style, obj, after, (out,))).key,)
-            if cfg.method in INJECTS:
+            if method.inject:
                 graph.add(Task(f"{style}/inject/{obj}", "inject", style, obj, after, (final_path(style, obj),)))
     return graph.validate()
 

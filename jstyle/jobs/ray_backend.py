@@ -13,26 +13,26 @@ from typing import Any
 
 from ..errors import ConfigError
 from .graph import Task
+from .runtime import load_task, run_one, stderr_log, stderr_to_log, worker_context
 
 __all__ = ["RayPool"]
 
 
 class _Actor:
-    """Runs tasks inside a Ray worker process, with a WorkerContext that lives as long as the actor."""
+    """Runs tasks inside a Ray worker process, with a WorkerContext that lives as long as the actor; the
+    process's stderr (Jittor's compile progress) goes to the run's log, as a local worker's does."""
 
     def __init__(self, worker: str, execute: str, out_dir: str, config: dict):
-        from .workers import _context, _load
-
-        self.fn, self.ctx = _load(execute), _context(worker, Path(out_dir), config)
+        self.stderr = stderr_to_log(stderr_log(Path(out_dir), worker))
+        self.stderr.__enter__()  # for the actor's life: Ray ends the process with it
+        self.fn, self.ctx = load_task(execute), worker_context(worker, Path(out_dir), config)
 
     def run(self, task: Task) -> tuple[str, Any, float]:
-        from .workers import _run_one
-
-        return _run_one(self.fn, task, self.ctx)
+        return run_one(self.fn, task, self.ctx)
 
 
 class RayPool:
-    """The pool interface of jstyle.jobs.workers (submit / wait / close) over Ray actors."""
+    """The pool interface of the local backend (submit / wait / close) over Ray actors."""
 
     def __init__(self, workers: list[str], execute: str, out_dir: Path, config: dict, address: str | None = None):
         try:

@@ -1,8 +1,10 @@
 """What each task does (runs inside a worker): train a style's LoRA, generate content, inject the style.
 
-`execute(task, ctx)` is the function the workers call. The base pipeline is loaded once per worker
-process and kept in ctx.cache; LoRAs are switched per style without reloading it, and a StyleID
-style inversion is computed once per reference image and reused for every prompt of that style.
+`execute(task, ctx)` is the function the workers call. The stages are the same for every method; what
+differs (LoRA or not, the prompt, the inject function and its settings) comes from the method's
+jstyle.methods.registry entry. The base pipeline is loaded once per worker process and kept in ctx.cache;
+LoRAs are switched per style without reloading it, and an inject function may keep per-style work (a
+StyleID inversion, SDEdit's mean image) in the same cache for the style's next prompt.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import list_images
-from ..errors import ConfigError
+from ..io import read_rgb, save_png
+from ..methods.registry import InjectJob
 from .graph import Task
 from .plan import RunConfig, content_path, final_path, lora_path
-from .workers import WorkerContext
+from .runtime import WorkerContext
 
 if TYPE_CHECKING:
     from ..training import LoRATrainConfig
@@ -56,13 +59,11 @@ def _use_lora(pipe, ctx: WorkerContext, style: str | None) -> None:
 
 
 def _save(image: np.ndarray, path: Path, size: int | None = None) -> None:
+    """Write a PNG (atomically), resized to size x size first (bicubic) when given and different."""
     from PIL import Image
-
-    from ..images import save_png
 
     if size is not None and image.shape[:2] != (size, size):
         image = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_png(image, path)
 
 
@@ -89,7 +90,8 @@ def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any
 
 
 def generate(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
-    _use_lora(pipe, ctx, task.style if cfg.trains else None)
+    method = cfg.method_entry
+    _use_lora(pipe, ctx, task.style if method.trains else None)
     prompt = cfg.prompt(task.style, task.prompt)
     image = pipe.text_to_image(prompt, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                                height=cfg.size, width=cfg.size, generator=np.random.default_rng(cfg.seed))[0]
@@ -98,52 +100,17 @@ def generate(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, 
     return {"prompt": prompt}
 
 
-def _reference(cfg: RunConfig, content: np.ndarray, style: str) -> Path:
-    from ..methods.reference import choose_reference
-
-    return choose_reference(content, list_images(Path(cfg.data) / style), cfg.reference)
-
-
 def inject(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
-    from ..images import load_image
-
-    style_dir = Path(cfg.data) / task.style
-    if cfg.method == "sdedit":
-        from ..methods.sdedit import img2img, mean_image
-
-        _use_lora(pipe, ctx, task.style)
-        key = ("mean", task.style, cfg.size)
-        if key not in ctx.cache:
-            ctx.cache[key] = mean_image(list_images(style_dir), cfg.size)
-        prompt = cfg.prompt(task.style, task.prompt)
-        image = img2img(pipe, ctx.cache[key], [prompt], strength=cfg.strength, num_inference_steps=cfg.sdedit_steps,
-                        guidance_scale=cfg.guidance, generator=np.random.default_rng(cfg.seed))[0]
-        _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)
-        return {"prompt": prompt, "init": "mean of references"}
-    content = load_image(ctx.out_dir / content_path(task.style, task.prompt), cfg.size)
-    ref = _reference(cfg, content, task.style)
-    _use_lora(pipe, ctx, None)  # the style comes from the reference image, not the LoRA
-    if cfg.method in ("styleid", "styleid_dreambooth"):
-        from ..methods.styleid import StyleIDConfig, invert_style, stylize
-
-        scfg = StyleIDConfig(gamma=cfg.gamma, T=cfg.temperature, steps=cfg.styleid_steps,
-                             start_step=max(1, cfg.styleid_steps - 1))
-        key = ("styleid", str(ref), cfg.size, scfg)
-        if key not in ctx.cache:
-            ctx.cache = {k: v for k, v in ctx.cache.items() if not (isinstance(k, tuple) and k[0] == "styleid")}
-            ctx.cache[key] = invert_style(pipe, load_image(ref, cfg.size), scfg)
-        image = stylize(pipe, content[None], ctx.cache[key], scfg)[0]
-    elif cfg.method == "diffstyle":
-        from ..methods.diffstyle import DiffStyleConfig, diffstyle
-
-        # t_boost 0: no quality boosting, as the paper advises for artistic references
-        dcfg = DiffStyleConfig(gamma=cfg.diffstyle_gamma, t_boost=0, steps=cfg.styleid_steps,
-                               start_step=max(1, cfg.styleid_steps - 1), seed=cfg.seed)
-        image = diffstyle(pipe, content[None], load_image(ref, cfg.size), dcfg)[0]
-    else:
-        raise ConfigError(f"method {cfg.method} has no inject stage")
+    """The method's inject function on this task's content (or none), with or without the style's LoRA."""
+    method = cfg.method_entry
+    content = read_rgb(ctx.out_dir / content_path(task.style, task.prompt), cfg.size) if method.generates else None
+    _use_lora(pipe, ctx, task.style if method.inject_lora else None)
+    job = InjectJob(settings=cfg.method_settings(), style=task.style, prompt=cfg.prompt(task.style, task.prompt),
+                    content=content, references=list_images(Path(cfg.data) / task.style),
+                    reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance, seed=cfg.seed, cache=ctx.cache)
+    image, info = method.inject_function()(pipe, job)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)
-    return {"reference": ref.name}
+    return info
 
 
 STAGES = {"train": train, "generate": generate, "inject": inject}

@@ -9,42 +9,29 @@ that dies has its task re-queued (it counts as an attempt) and is replaced. Noth
 from __future__ import annotations
 
 import ctypes
-import importlib
-import logging
+import functools
 import multiprocessing as mp
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..errors import ConfigError
+from ..io import is_temp
 from .graph import Task, TaskGraph
 from .manifest import Manifest
+from .runtime import compile_note, load_task, run_one, stderr_log, stderr_to_log, worker_context
 
-__all__ = ["WorkerContext", "RunReport", "parse_workers", "run_graph", "keep_running_when_children_die",
+__all__ = ["RunReport", "parse_workers", "run_graph", "keep_running_when_children_die",
            "remove_stale_temps"]
-
-
-@dataclass
-class WorkerContext:
-    """What a task's execute() gets: its worker, device, the run's out dir and config, and a cache that
-    lives as long as the worker process (pipelines, LoRAs, style inversions)."""
-
-    worker: str
-    device: str
-    out_dir: Path
-    config: dict[str, Any]
-    cache: dict[str, Any] = field(default_factory=dict)
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("jstyle.run"))
 
 
 @dataclass
@@ -96,55 +83,12 @@ def parse_workers(spec: str) -> list[str]:
     raise ConfigError(f"--devices {spec!r}: use auto, cpu, cpu:N or GPU ids like 0,1,2,3")
 
 
-def _load(path: str) -> Callable[[Task, WorkerContext], dict]:
-    module, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load task function '{path}' ({e})")
-
-
-def _context(worker: str, out_dir: Path, config: dict[str, Any]) -> WorkerContext:
-    log = logging.getLogger(f"jstyle.run.{worker}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    if not log.handlers:
-        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out_dir / "logs" / f"worker-{worker.replace(':', '')}.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
-    return WorkerContext(worker, worker.split(":")[0], out_dir, config, log=log)
-
-
-def _run_one(fn: Callable, task: Task, ctx: WorkerContext) -> tuple[str, Any, float]:
-    """('done', info, seconds) or ('failed', one-line error, seconds); the traceback goes to the logs."""
-    style_log = logging.FileHandler(ctx.out_dir / "logs" / f"{task.style}.log")
-    style_log.setFormatter(logging.Formatter(f"%(asctime)s [{ctx.worker}] %(message)s"))
-    ctx.log.addHandler(style_log)
-    start = time.perf_counter()
-    try:
-        ctx.log.info("start %s", task.key)
-        info = fn(task, ctx) or {}
-        ctx.log.info("done %s in %.1f s", task.key, time.perf_counter() - start)
-        return "done", info, time.perf_counter() - start
-    except Exception as e:  # reported, retried, and the run goes on
-        ctx.log.error("failed %s: %s\n%s", task.key, e, traceback.format_exc())
-        return "failed", f"{type(e).__name__}: {e}".splitlines()[0], time.perf_counter() - start
-    finally:
-        ctx.log.removeHandler(style_log)
-        style_log.close()
-
-
-# temp names of the atomic writers (".<name>.tmp", tempfile's ".<name>.XXXXXXXX[.png|.tmp]" files and dirs)
-_TEMP_NAME = re.compile(r"^\..+\.(tmp|[a-z0-9_]{8}(\.png|\.tmp)?)$")
-
-
 def remove_stale_temps(out_dir: Path, min_age_s: float = 60.0) -> list[Path]:
-    """Delete temp files and folders that a killed run left under `out_dir` (untouched for `min_age_s`, so a
-    writer still at work elsewhere keeps its own); returns what was removed."""
+    """Delete the temp files and folders of jstyle.io's atomic writers that a killed run left under `out_dir`
+    (untouched for `min_age_s`, so a writer still at work elsewhere keeps its own); returns what was removed."""
     removed, now = [], time.time()
     for path in sorted(Path(out_dir).rglob(".*"), key=lambda p: -len(p.parts)):
-        if not _TEMP_NAME.match(path.name) or not path.exists() or now - path.lstat().st_mtime < min_age_s:
+        if not is_temp(path) or not path.exists() or now - path.lstat().st_mtime < min_age_s:
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -176,23 +120,28 @@ def _worker_main(worker: str, execute: str, out_dir: str, config: dict, inbox, r
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(3)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    fn = _load(execute)
-    ctx = _context(worker, Path(out_dir), config)
-    while True:
-        task = inbox.get()
-        if task is None:
-            return
-        results.put((worker, task.key, *_run_one(fn, task, ctx)))
+
+    def compiling(seconds: float | None) -> None:  # to the scheduler's status line
+        results.put((worker, None, "compiling", seconds, 0.0))
+
+    with stderr_to_log(stderr_log(Path(out_dir), worker), compiling):  # Jittor's output: the log, not the terminal
+        fn = load_task(execute)
+        ctx = worker_context(worker, Path(out_dir), config)
+        while True:
+            task = inbox.get()
+            if task is None:
+                return
+            results.put((worker, task.key, *run_one(fn, task, ctx)))
 
 
 class _InProcess:
     """The single-worker case: tasks run right here, in order."""
 
     def __init__(self, worker: str, execute: str, out_dir: Path, config: dict):
-        self.fn, self.ctx, self.results = _load(execute), _context(worker, out_dir, config), queue.Queue()
+        self.fn, self.ctx, self.results = load_task(execute), worker_context(worker, out_dir, config), queue.Queue()
 
     def submit(self, worker: str, task: Task) -> None:
-        self.results.put((worker, task.key, *_run_one(self.fn, task, self.ctx)))
+        self.results.put((worker, task.key, *run_one(self.fn, task, self.ctx)))
 
     def wait(self, running: dict) -> list[tuple]:
         return [self.results.get()]
@@ -250,22 +199,38 @@ class _Processes:
 
 
 class _Status:
-    """One overall bar with ETA plus a status line per worker (stderr)."""
+    """One overall bar with ETA plus a status line per worker, on `file` (the terminal's stderr); a worker
+    whose Jittor compiles kernels shows it on its line (without bars: one line when compiling starts)."""
 
     def __init__(self, total: int, workers: list[str], enabled: bool):
-        self.bars = None
-        if enabled:
+        self.total, self.workers, self.enabled = total, workers, enabled
+        self.bars, self.file, self.text, self.noted = None, None, dict.fromkeys(workers, "idle"), set()
+
+    def open(self, file: TextIO) -> None:
+        self.file = file
+        if self.enabled:
             from tqdm import tqdm
 
-            self.bars = [tqdm(total=total, desc="tasks", unit="task", position=0, dynamic_ncols=True)]
-            self.bars += [tqdm(total=0, position=i + 1, bar_format="{desc}", leave=False) for i in range(len(workers))]
-            self.index = {w: i + 1 for i, w in enumerate(workers)}
-            for w in workers:
+            self.bars = [tqdm(total=self.total, desc="tasks", unit="task", position=0, dynamic_ncols=True, file=file)]
+            self.bars += [tqdm(total=0, position=i + 1, bar_format="{desc}", leave=False, file=file)
+                          for i in range(len(self.workers))]
+            self.index = {w: i + 1 for i, w in enumerate(self.workers)}
+            for w in self.workers:
                 self.show(w, "idle")
 
-    def show(self, worker: str, text: str) -> None:
+    def show(self, worker: str, text: str, note: str | None = None) -> None:
+        self.text[worker] = text
         if self.bars:
-            self.bars[self.index[worker]].set_description_str(f"  {worker}: {text}")
+            self.bars[self.index[worker]].set_description_str(f"  {worker}: {text}" + (f" - {note}" if note else ""))
+
+    def compiling(self, worker: str, seconds: float | None) -> None:
+        """Jittor on `worker` has compiled kernels for `seconds` so far (None: it stopped)."""
+        if self.bars:
+            self.show(worker, self.text[worker], None if seconds is None else compile_note(seconds))
+        elif seconds is not None and worker not in self.noted and self.file is not None:
+            self.noted.add(worker)
+            print(f"{worker}: compiling kernels for the first run (Jittor's progress: <out>/logs)", file=self.file,
+                  flush=True)
 
     def step(self) -> None:
         if self.bars:
@@ -294,56 +259,72 @@ def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str
     started = time.perf_counter()
     done = {t.key for t in graph.tasks if manifest.is_done(t)}
     already = sorted(done)
-    attempts: dict[str, int] = {}
-    failed: dict[str, str] = {}
-    blocked: set[str] = set()
-    running: dict[str, tuple[Task, float]] = {}
-    if backend == "ray":
-        from .ray_backend import RayPool
-
-        pool = RayPool(workers, execute, out_dir, config, address)
-    elif backend == "local":
-        pool = _InProcess(workers[0], execute, out_dir, config) if len(workers) == 1 else \
-            _Processes(workers, execute, out_dir, config)
-    else:
+    if backend not in ("local", "ray"):
         raise ConfigError(f"backend {backend!r}: use local or ray")
-    status = _Status(len(graph) - len(done), workers, progress)
-    try:
-        while True:
-            busy = {t.key for t, _ in running.values()}
-            ready = graph.ready(done, busy, blocked | set(failed))
-            for worker in [w for w in workers if w not in running]:
-                if not ready:
-                    break
-                task = ready.pop(0)
-                running[worker] = (task, time.perf_counter())
-                manifest.record_start(task.key, worker)
-                status.show(worker, f"{task.key} (attempt {attempts.get(task.key, 0) + 1})")
-                pool.submit(worker, task)
-            if not running:
-                break
-            for worker, key, outcome, payload, seconds in pool.wait(running):
-                task, _ = running.pop(worker)
-                status.show(worker, "idle")
-                if outcome == "done":
-                    done.add(key)
-                    manifest.record_done(task, seconds, payload)
-                    status.step()
-                    continue
-                attempts[key] = attempts.get(key, 0) + 1
-                final = attempts[key] > retries
-                manifest.record_failed(key, payload, final)
-                if final:
-                    failed[key] = payload
-                    status.step()
-                    for dep in graph.downstream(key) - done:
-                        blocked.add(dep)
-                        manifest.record_blocked(dep, key)
-    finally:
-        pool.close()
-        status.close()
+    with ExitStack() as stack:
+        status = _Status(len(graph) - len(done), workers, progress)
+        in_process = backend == "local" and len(workers) == 1
+        terminal = sys.stderr
+        if in_process:  # this process is the worker: its stderr (Jittor's) goes to the log, the bars stay
+            terminal = stack.enter_context(stderr_to_log(stderr_log(out_dir, workers[0]),
+                                                         functools.partial(status.compiling, workers[0])))
+        status.open(terminal)
+        stack.callback(status.close)
+        if in_process:
+            pool = _InProcess(workers[0], execute, out_dir, config)
+        elif backend == "ray":
+            from .ray_backend import RayPool
+
+            pool = RayPool(workers, execute, out_dir, config, address)
+        else:
+            pool = _Processes(workers, execute, out_dir, config)
+        stack.callback(pool.close)
+        failed, blocked = _schedule(graph, pool, manifest, status, workers, done, retries)
     seconds = time.perf_counter() - started
     report = RunReport(sorted(done - set(already)), already, failed, sorted(blocked), seconds)
     manifest.finish({"done": len(report.done), "already_done": len(already), "failed": failed,
                      "not_run": report.not_run, "seconds": round(seconds, 1)})
     return report
+
+
+def _schedule(graph: TaskGraph, pool: Any, manifest: Manifest, status: _Status, workers: list[str], done: set[str],
+              retries: int) -> tuple[dict[str, str], set[str]]:
+    """Hand ready tasks to idle workers until none is left; `done` grows in place. Returns (failed, blocked)."""
+    attempts: dict[str, int] = {}
+    failed: dict[str, str] = {}
+    blocked: set[str] = set()
+    running: dict[str, tuple[Task, float]] = {}
+    while True:
+        busy = {t.key for t, _ in running.values()}
+        ready = graph.ready(done, busy, blocked | set(failed))
+        for worker in [w for w in workers if w not in running]:
+            if not ready:
+                break
+            task = ready.pop(0)
+            running[worker] = (task, time.perf_counter())
+            manifest.record_start(task.key, worker)
+            status.show(worker, f"{task.key} (attempt {attempts.get(task.key, 0) + 1})")
+            pool.submit(worker, task)
+        if not running:
+            break
+        for worker, key, outcome, payload, seconds in pool.wait(running):
+            if outcome == "compiling":  # a status report of a running task, not its end
+                status.compiling(worker, payload)
+                continue
+            task, _ = running.pop(worker)
+            status.show(worker, "idle")
+            if outcome == "done":
+                done.add(key)
+                manifest.record_done(task, seconds, payload)
+                status.step()
+                continue
+            attempts[key] = attempts.get(key, 0) + 1
+            final = attempts[key] > retries
+            manifest.record_failed(key, payload, final)
+            if final:
+                failed[key] = payload
+                status.step()
+                for dep in graph.downstream(key) - done:
+                    blocked.add(dep)
+                    manifest.record_blocked(dep, key)
+    return failed, blocked

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jittor as jt
@@ -41,13 +41,15 @@ DT_LAMBDA_FROM = 950  # dt_lambda applies for t >= this
 class DiffStyleConfig:
     """DiffStyle settings (paper defaults; t_boost 0 turns quality boosting off, as for artistic refs)."""
 
-    gamma: float = 0.3  # content injection ratio in [0, 1]: 0 = the style's own trajectory
+    gamma: float = field(default=0.3, metadata={"help": "DiffStyle content injection ratio in [0, 1] "
+                                                        "(0 = the style's own trajectory)"})
     t_edit: int = 400  # inject h for t >= t_edit
     t_boost: int = 200  # quality boosting (eta noise) for t <= t_boost
     eta: float = 1.0  # DDIM eta used while boosting
     omega: float = 1.0  # weight of the injected x0 prediction
     dt_lambda: float = 0.9985  # direction-term scale for t >= 950
-    steps: int = 50  # DDIM schedule length
+    steps: int = field(default=50, metadata={"help": "DiffStyle DDIM schedule length (run_all inverts and "
+                                                     "denoises steps - 1, skipping t = 981)"})
     start_step: int | None = None  # steps inverted and denoised (None = all of them)
     seed: int = 0  # noise of the boosted steps
 
@@ -206,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..device import use_device
-    from ..images import load_image, save_png
+    from ..io import read_rgb, save_png
     from ..pipeline import load_pipeline
 
     cfg = DiffStyleConfig(gamma=args.gamma, t_edit=args.t_edit, t_boost=args.t_boost, eta=args.eta,
                           omega=args.omega, dt_lambda=args.dt_lambda, steps=args.steps,
                           start_step=args.start_step, seed=args.seed)
-    style = load_image(args.style, args.size)
+    style = read_rgb(args.style, args.size)
     todo = [(c, args.out / f"{c.stem}-{args.style.stem}.png") for c in args.content]
     todo = [(c, o) for c, o in todo if not o.exists()]
     if not todo:
@@ -222,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     for content, path in todo:
-        save_png(diffstyle(pipe, load_image(content, args.size)[None], style, cfg)[0], path)
+        save_png(diffstyle(pipe, read_rgb(content, args.size)[None], style, cfg)[0], path)
         print(path)
     return 0
 
@@ -230,6 +232,19 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with a one-line `error: ...` for a user-fixable problem)."""
     return run_cli(build_parser(), run, argv)
+
+
+# ------------------------------------------------------------------------------------- run_all's inject stage
+
+
+def inject(pipe, job) -> tuple[np.ndarray, dict]:
+    """run_all's inject stage (a jstyle.methods.registry.InjectJob): DiffStyle of the content with the
+    reference image the job's rule picks."""
+    from ..io import read_rgb
+    from .reference import choose_reference
+
+    ref = choose_reference(job.content, job.references, job.reference_rule)
+    return diffstyle(pipe, job.content[None], read_rgb(ref, job.size), job.settings)[0], {"reference": ref.name}
 
 
 if __name__ == "__main__":

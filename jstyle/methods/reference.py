@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import read_rgb
 
 __all__ = ["RULES", "colour_signature", "choose_reference"]
 
@@ -25,8 +26,6 @@ def colour_signature(image: np.ndarray) -> np.ndarray:
 def choose_reference(content: np.ndarray, references: list[Path], rule: str = "first") -> Path:
     """'first': the first reference in sorted order (deterministic, same for every prompt);
     'nearest': the one whose colour signature is closest (L2) to the content image's, ties to the first."""
-    from ..images import load_image
-
     if not references:
         raise InputError("no reference images to choose from")
     if rule not in RULES:
@@ -35,5 +34,5 @@ def choose_reference(content: np.ndarray, references: list[Path], rule: str = "f
     if rule == "first":
         return refs[0]
     target = colour_signature(content)
-    dists = [float(np.linalg.norm(colour_signature(load_image(p)) - target)) for p in refs]
+    dists = [float(np.linalg.norm(colour_signature(read_rgb(p)) - target)) for p in refs]
     return refs[int(np.argmin(dists))]

@@ -19,57 +19,24 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..cli import run_cli
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+from ..io import read_rgb
 
-__all__ = ["read_rgb", "mean_image", "strength_timesteps", "img2img", "build_parser", "main"]
+__all__ = ["mean_image", "strength_timesteps", "img2img", "build_parser", "main"]
 
 POSTERIOR = ("sample", "mode")
 
 
-def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
-    """An image file as RGB uint8 [H, W, 3] (RGBA/CMYK/grayscale/16-bit/palette converted).
-
-    With `size`: the shorter side is resized to `size` (bicubic), then the centre size x size is cropped.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: image not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bit first
-                a = np.asarray(im, dtype=np.float64)
-                peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-                im = Image.fromarray(np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-            if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))  # transparent -> white
-                im = Image.alpha_composite(background, im)
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable image ({e.__class__.__name__})")
-    if size is None:
-        return np.asarray(rgb, dtype=np.uint8)
-    if size <= 0:
-        raise InputError(f"image size must be positive, got {size}")
-    w, h = rgb.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    rgb = rgb.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
 def mean_image(paths: Sequence[str | Path], size: int = 512) -> np.ndarray:
-    """Pixel mean of images (each read as RGB, shorter side resized to `size`, centre-cropped): uint8 [s, s, 3]."""
+    """Pixel mean of images, each read by `jstyle.io.read_rgb` at `size` (alpha on white, centre square
+    crop, Lanczos): uint8 [size, size, 3]."""
     paths = list(paths)
     if not paths:
         raise InputError("mean_image: no reference images given")
@@ -199,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ip-image", type=Path, help="image prompt (default: the first style image, or --init)")
     p.add_argument("--ip-scale", type=float, default=0.6, help="weight of the image prompt")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=512, help="init image side (shorter side resized, centre crop)")
+    p.add_argument("--size", type=int, default=512, help="init image side (centre square crop, then a Lanczos resize)")
     p.add_argument("--device", default="auto", choices=list(DEVICES))
     p.add_argument("--out", type=Path, required=True, help="output folder")
     return p
@@ -232,10 +199,11 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _style_images(folder: Path) -> list[Path]:
+    """--style-dir's images: <dir>/images/* if that folder exists, else <dir>/* (sorted, dot files skipped)."""
     from ..data import IMAGE_SUFFIXES
 
     images = folder / "images" if (folder / "images").is_dir() else folder
-    paths = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not paths:
         raise InputError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)}) inside")
     return paths
@@ -246,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..device import use_device
     from ..generate import output_name
-    from ..images import save_png
+    from ..io import save_png
     from ..pipeline import load_pipeline
 
     check_args(args)
@@ -283,6 +251,36 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with a one-line `error: ...` for a user-fixable problem)."""
     return run_cli(build_parser(), run, argv)
+
+
+# ------------------------------------------------------------------------------------- run_all's inject stage
+
+
+@dataclass(frozen=True)
+class SDEditConfig:
+    """SDEdit settings of run_all's sdedit method (img2img from the pixel mean of a style's references)."""
+
+    strength: float = field(default=0.9, metadata={"help": "SDEdit strength: the fraction of the schedule run, "
+                                                           "in (0, 1]"})
+    steps: int = field(default=40, metadata={"help": "SDEdit steps of the full schedule"})
+
+    def __post_init__(self):
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"SDEdit strength must be in (0, 1], got {self.strength}")
+        if self.steps < 1:
+            raise ConfigError(f"SDEdit steps must be >= 1, got {self.steps}")
+
+
+def inject(pipe, job) -> tuple[np.ndarray, dict]:
+    """run_all's inject stage (a jstyle.methods.registry.InjectJob): img2img of the prompt from the pixel mean
+    of the style's references (kept in job.cache), with whatever LoRA the pipeline carries."""
+    key = ("mean", job.style, job.size)
+    if key not in job.cache:
+        job.cache[key] = mean_image(job.references, job.size)
+    image = img2img(pipe, job.cache[key], [job.prompt], strength=job.settings.strength,
+                    num_inference_steps=job.settings.steps, guidance_scale=job.guidance,
+                    generator=np.random.default_rng(job.seed))[0]
+    return image, {"prompt": job.prompt, "init": "mean of references"}
 
 
 if __name__ == "__main__":

@@ -41,9 +41,11 @@ class StyleIDConfig:
     """StyleID settings (paper defaults). layers=None: the paper's up_blocks[2..3].attentions[0..2], i.e.
     the attentions of the last two decoder blocks that have any (on a smaller UNet, those that exist)."""
 
-    gamma: float = 0.75  # query preservation: Q = gamma Q_c + (1 - gamma) Q_cs
-    T: float = 1.5  # attention temperature: softmax(T Q K^T / sqrt(d))
-    steps: int = 50  # DDIM schedule length
+    gamma: float = field(default=0.75, metadata={"help": "StyleID query preservation: "
+                                                         "Q = gamma Q_c + (1 - gamma) Q_cs"})
+    T: float = field(default=1.5, metadata={"help": "StyleID attention temperature: softmax(T Q K^T / sqrt(d))"})
+    steps: int = field(default=50, metadata={"help": "StyleID DDIM schedule length (run_all inverts and denoises "
+                                                     "steps - 1, skipping t = 981)"})
     start_step: int = 49  # steps inverted and denoised (49 of 50 skips t = 981)
     layers: tuple[str, ...] | None = None  # module prefixes holding the injected attn1 layers
     adain: bool = True  # initial-latent AdaIN
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..device import use_device
-    from ..images import load_image, save_png
+    from ..io import read_rgb, save_png
     from ..pipeline import load_pipeline
 
     cfg = StyleIDConfig(gamma=args.gamma, T=args.T, steps=args.steps, start_step=args.start_step,
@@ -262,10 +264,10 @@ def run(args: argparse.Namespace) -> int:
                         adain=not args.no_adain, inject=not args.no_inject)
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
-    style = load_image(args.style, args.size)
+    style = read_rgb(args.style, args.size)
     contents = [(c, args.out / f"{c.stem}-{args.style.stem}.png") for c in args.content]
     todo = [(c, o) for c, o in contents if not o.exists()]
-    images = [load_image(c, args.size) for c, _ in todo]
+    images = [read_rgb(c, args.size) for c, _ in todo]
     if not todo:
         print(f"all {len(contents)} images already in {args.out}; nothing to do")
         return 0
@@ -285,6 +287,24 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with a one-line `error: ...` for a user-fixable problem)."""
     return run_cli(build_parser(), run, argv)
+
+
+# ------------------------------------------------------------------------------------- run_all's inject stage
+
+
+def inject(pipe, job) -> tuple[np.ndarray, dict]:
+    """run_all's inject stage (a jstyle.methods.registry.InjectJob): StyleID of the content with the reference
+    image the job's rule picks; the style's inversion is kept in job.cache for the next prompt of the style."""
+    from ..io import read_rgb
+    from .reference import choose_reference
+
+    ref = choose_reference(job.content, job.references, job.reference_rule)
+    key = ("styleid", str(ref), job.size, job.settings)
+    if key not in job.cache:  # one inversion kept at a time: the previous style's goes
+        for old in [k for k in job.cache if isinstance(k, tuple) and k[0] == "styleid"]:
+            del job.cache[old]
+        job.cache[key] = invert_style(pipe, read_rgb(ref, job.size), job.settings)
+    return stylize(pipe, job.content[None], job.cache[key], job.settings)[0], {"reference": ref.name}
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import load_image
+from ..io import read_rgb
 from .reference import choose_reference
 from .styleid import StyleIDConfig, invert_style, stylize
 
@@ -44,6 +44,6 @@ def styleid_dreambooth(pipe, lora_file: str | Path, prompts: Sequence[str], refe
     for content in contents:
         ref = choose_reference(content, [Path(r) for r in references], rule)
         if ref not in features:
-            features[ref] = invert_style(pipe, load_image(ref, size), cfg)
+            features[ref] = invert_style(pipe, read_rgb(ref, size), cfg)
         out.append(stylize(pipe, content[None], features[ref], cfg)[0])
     return out

@@ -61,7 +61,7 @@ class LoRATrainConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float | None = None  # None = no clipping
-    mixed_precision: str = "no"  # fp16: frozen base in float16 (CUDA), LoRA and loss in float32
+    mixed_precision: str = "no"  # fp16: frozen base in float16 (CUDA), LoRA and loss in float32, dynamic loss scale
     gradient_checkpointing: bool = False  # recompute UNet block activations in the backward pass (less memory)
     seed: int = 0
     # output

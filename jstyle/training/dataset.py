@@ -7,16 +7,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..data import IMAGE_SUFFIXES
+from ..data import IMAGE_SUFFIXES, list_images
 from ..errors import InputError
+from ..io import atomic_write, read_rgb, save_png
 from .config import LoRATrainConfig
 
 __all__ = ["Example", "load_style_examples", "load_rgb", "augment", "ensure_class_images", "MIN_SIDE"]
@@ -35,20 +34,12 @@ class Example:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """Any PIL-readable image as RGB uint8; RGBA/LA/P-with-alpha are composited on white, CMYK/L converted."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(white, rgba)
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"{path}: not a readable image ({type(e).__name__}); replace or remove it") from None
-    if min(rgb.size) < MIN_SIDE:
-        raise InputError(f"{path}: image is {rgb.size[0]}x{rgb.size[1]}; at least {MIN_SIDE} px per side is needed")
-    return np.asarray(rgb, dtype=np.uint8)
+    """A training image as RGB uint8 (`jstyle.io.read_rgb`: alpha on white); refused under MIN_SIDE px a side."""
+    image = read_rgb(path)
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InputError(f"{path}: image is {w}x{h}; at least {MIN_SIDE} px per side is needed")
+    return image
 
 
 def _captions(style_dir: Path, images: list[Path]) -> dict[str, str]:
@@ -75,9 +66,7 @@ def load_style_examples(cfg: LoRATrainConfig) -> list[Example]:
     """All images of cfg.style_dir with their instance prompts (template filled, prefix added)."""
     style_dir = Path(cfg.style_dir)
     folder = style_dir / "images"
-    if not folder.is_dir():
-        raise InputError(f"{folder}: missing; put the style's reference images there")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    paths = list_images(style_dir)
     if not paths:
         raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     caps = _captions(style_dir, paths)
@@ -110,17 +99,6 @@ def augment(image: np.ndarray, cfg: LoRATrainConfig, rng: np.random.Generator) -
     return np.ascontiguousarray(im.transpose(2, 0, 1) / 127.5 - 1.0, dtype=np.float32)
 
 
-def _save_png(image: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(image).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def ensure_class_images(pipe, cfg: LoRATrainConfig, objs: list[str], class_dir: Path,
                         progress: bool = False) -> list[Example]:
     """cfg.num_class_images images of the class prompts, made once by the base model and cached.
@@ -139,7 +117,7 @@ def ensure_class_images(pipe, cfg: LoRATrainConfig, objs: list[str], class_dir: 
     if old != manifest:
         for f in class_dir.glob("*.png"):
             f.unlink()
-        mpath.write_text(json.dumps(manifest, indent=2) + "\n")
+        atomic_write(mpath, json.dumps(manifest, indent=2) + "\n")
     out = []
     todo = range(cfg.num_class_images)
     if progress:
@@ -154,6 +132,6 @@ def ensure_class_images(pipe, cfg: LoRATrainConfig, objs: list[str], class_dir: 
                 prompt, num_inference_steps=cfg.class_inference_steps, guidance_scale=cfg.class_guidance_scale,
                 height=cfg.resolution, width=cfg.resolution, generator=np.random.default_rng([cfg.seed, 7, i]),
             )[0]
-            _save_png(img, path)
+            save_png(img, path)
         out.append(Example(path, load_rgb(path), prompt, prompt))
     return out

@@ -1,4 +1,5 @@
-"""AdamW with torch.optim.AdamW's semantics, learning-rate schedules, gradient clipping (Jittor).
+"""AdamW with torch.optim.AdamW's semantics, learning-rate schedules, gradient clipping, dynamic loss
+scaling (Jittor).
 
 Jittor's own `jt.optim.AdamW` counts bias-correction steps per `backward()` call (wrong under gradient
 accumulation) and does not save its moments; this one counts optimizer steps, takes the gradients
@@ -8,13 +9,14 @@ explicitly, and round-trips its state through numpy for exact resume.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import jittor as jt
 import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["AdamW", "SCHEDULES", "lr_at", "clip_grad_norm", "global_norm"]
+__all__ = ["AdamW", "SCHEDULES", "lr_at", "clip_grad_norm", "global_norm", "all_finite", "LossScaler"]
 
 SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
 
@@ -104,3 +106,51 @@ def clip_grad_norm(grads: list[jt.Var], max_norm: float) -> tuple[list[jt.Var], 
     if coef < 1.0:
         grads = [g * coef for g in grads]
     return grads, norm
+
+
+def all_finite(grads: list[jt.Var]) -> bool:
+    """True when no gradient holds an inf or a NaN (0 * x is 0 for finite x, NaN otherwise; no overflow)."""
+    return math.isfinite(sum(float((g.float32() * 0.0).sum().item()) for g in grads))
+
+
+@dataclass
+class LossScaler:
+    """Dynamic loss scaling for float16 mixed precision, as torch.cuda.amp.GradScaler (same defaults).
+
+    The loss is multiplied by `scale` before the backward pass and the gradients divided by it after
+    (before clipping). A step whose unscaled gradients hold an inf or a NaN is skipped and the scale
+    multiplied by `backoff_factor`; after `growth_interval` finite steps in a row it is multiplied by
+    `growth_factor`. `enabled=False` is a fixed scale of 1 (float32 training).
+    """
+
+    scale: float = 2.0**16
+    growth_factor: float = 2.0
+    backoff_factor: float = 0.5
+    growth_interval: int = 2000
+    enabled: bool = True
+    good_steps: int = 0  # finite steps since the last skip or growth (GradScaler's growth tracker)
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            self.scale = 1.0
+        if self.scale <= 0 or self.growth_factor <= 1 or not 0 < self.backoff_factor < 1 or self.growth_interval < 1:
+            raise ConfigError("loss scaler: need scale > 0, growth_factor > 1, 0 < backoff_factor < 1, "
+                              "growth_interval >= 1")
+
+    def unscale(self, grads: list[jt.Var]) -> list[jt.Var]:
+        """g / scale (identity when disabled)."""
+        return grads if self.scale == 1.0 else [g / self.scale for g in grads]
+
+    def update(self, finite: bool) -> bool:
+        """Record one step's outcome; returns True when the optimizer step must be skipped."""
+        if not self.enabled:
+            return False
+        if not finite:  # GradScaler: scale *= backoff_factor, growth tracker reset, step skipped
+            self.scale *= self.backoff_factor
+            self.good_steps = 0
+            return True
+        self.good_steps += 1
+        if self.good_steps == self.growth_interval:  # GradScaler: scale *= growth_factor, tracker reset
+            self.scale *= self.growth_factor
+            self.good_steps = 0
+        return False

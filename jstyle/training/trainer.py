@@ -11,10 +11,6 @@ x_t = sqrt(a_t) z + sqrt(1 - a_t) eps, target = eps (epsilon) or sqrt(a_t) eps -
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +21,13 @@ import numpy as np
 
 from .. import lora as L
 from ..errors import ConfigError, InputError
+from ..io import atomic_path, atomic_write
 from ..ops import as_dtype
 from ..schedulers import DDIMScheduler
 from .checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing, run_backward
 from .config import RESUME_FREE_FIELDS, LoRATrainConfig
 from .dataset import Example, augment, ensure_class_images, load_style_examples
-from .optim import AdamW, clip_grad_norm, global_norm, lr_at
+from .optim import AdamW, LossScaler, all_finite, clip_grad_norm, lr_at
 
 __all__ = ["LoRATrainer", "Batch", "mse", "dreambooth_loss", "CHECKPOINT_DIR"]
 
@@ -105,7 +102,16 @@ class LoRATrainer:
         self.step = 0
         self.log: list[dict[str, Any]] = []
         self._text_cache: dict[str, np.ndarray] = {}
-        self.loss_scale = 2.0**16 if cfg.mixed_precision == "fp16" else 1.0
+        self.scaler = LossScaler(enabled=cfg.mixed_precision == "fp16")  # fp16: dynamic scale from 2**16
+
+    @property
+    def loss_scale(self) -> float:
+        """The loss scale of the next step (1 without fp16 mixed precision)."""
+        return self.scaler.scale
+
+    @loss_scale.setter
+    def loss_scale(self, value: float) -> None:
+        self.scaler.scale = float(value)
 
     # ------------------------------------------------------------ data
 
@@ -202,12 +208,13 @@ class LoRATrainer:
             m.train()
         grads: list[jt.Var] | None = None
         total = 0.0
+        scale = self.scaler.scale
         for k in range(accum):
             rng = np.random.default_rng([cfg.seed, s, k] if noise_seed is None else noise_seed)
             self._set_dropout_rng(np.random.default_rng([cfg.seed, s, k, 1]))
             b = batches[k] if batches is not None else self.batch(s * accum + k, rng)
             loss = self.compute_loss(b, rng)
-            g = jt.grad(loss * (self.loss_scale / accum), self.params)
+            g = jt.grad(loss * (scale / accum), self.params)
             run_backward(self.models["unet"])  # with checkpointing: block by block (less memory); synced below
             grads = g if grads is None else [a + c for a, c in zip(grads, g, strict=True)]
             jt.sync(grads)
@@ -215,23 +222,21 @@ class LoRATrainer:
         for m in self.lora_models.values():
             m.eval()
         self._set_dropout_rng(None)
-        if self.loss_scale != 1.0:
-            grads = [g / self.loss_scale for g in grads]
+        grads = self.scaler.unscale(grads)  # before clipping, as GradScaler.unscale_
+        # fp16: an inf/NaN gradient skips the step and halves the scale; growth_interval good steps double it
+        skipped = self.scaler.enabled and self.scaler.update(all_finite(grads))
         norm = None
-        if cfg.max_grad_norm is not None:
+        if cfg.max_grad_norm is not None and not skipped:
             grads, norm = clip_grad_norm(grads, cfg.max_grad_norm)
         lr = lr_at(s, cfg.learning_rate, cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.max_train_steps)
-        skipped = False
-        if self.loss_scale != 1.0:  # fp16: skip non-finite steps and back off the scale
-            norm = norm if norm is not None else global_norm(grads)
-            if not math.isfinite(norm):
-                self.loss_scale, skipped = self.loss_scale / 2, True
         if not skipped:
             self.optim.step(grads, lr, self.lr_scale)
         self.step += 1
         entry = {"step": self.step, "loss": total, "lr": lr, "time_s": time.perf_counter() - t0}
         if norm is not None:
             entry["grad_norm"] = norm
+        if self.scaler.enabled:
+            entry["loss_scale"] = scale
         if skipped:
             entry["skipped"] = True
         self.log.append(entry)
@@ -241,22 +246,13 @@ class LoRATrainer:
 
     def save_checkpoint(self) -> Path:
         """<output_dir>/checkpoints/step_NNNNNN/ (written to a temp folder, then renamed)."""
-        root = self.out / CHECKPOINT_DIR
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step_{self.step:06d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-        try:
+        final = self.out / CHECKPOINT_DIR / f"step_{self.step:06d}"
+        with atomic_path(final, directory=True) as tmp:
             L.save_lora(tmp / FINAL_NAME, self.lora_models)
             np.savez(tmp / "optimizer.npz", **self.optim.state_dict())
             state = {"step": self.step, "fingerprint": self.cfg.fingerprint(), "config": self.cfg.to_dict(),
                      "loss_scale": self.loss_scale, "log": self.log}
             (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return final
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -287,6 +283,8 @@ class LoRATrainer:
             self.optim.load_state_dict(dict(f))
         self.step, self.log = int(state["step"]), list(state["log"])
         self.loss_scale = float(state.get("loss_scale", self.loss_scale))
+        good = next((i for i, e in enumerate(reversed(self.log)) if e.get("skipped")), len(self.log))
+        self.scaler.good_steps = good % self.scaler.growth_interval  # the growth tracker, from the log
         jt.sync(self.params)
 
     # ------------------------------------------------------------ run
@@ -325,12 +323,5 @@ class LoRATrainer:
             "first_step_s": times[0] if times else None,
             "it_per_s_after_first": (len(times) - 1) / sum(times[1:]) if len(times) > 1 else None,
         }
-        _write_json(self.out / "train_log.json", summary)
+        atomic_write(self.out / "train_log.json", json.dumps(summary, indent=1, default=str))
         return path
-
-
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)

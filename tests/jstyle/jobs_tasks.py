@@ -20,8 +20,11 @@ def execute(task, ctx) -> dict:
 
     config['crash_once']: keys whose first attempt kills the worker process (os._exit);
     config['sigkill_once']: keys whose first attempt SIGKILLs the worker process;
-    config['always_fail']: keys that always raise."""
+    config['always_fail']: keys that always raise;
+    config['stderr']: bytes (latin-1 text) written to file descriptor 2 first, as Jittor's C++ writes."""
     cfg = ctx.config
+    if cfg.get("stderr"):
+        os.write(2, cfg["stderr"].encode("latin-1"))
     marker = ctx.out_dir / "attempts" / task.key.replace("/", "_")
     tries = int(marker.read_text()) + 1 if marker.exists() else 1
     _write(marker, str(tries))

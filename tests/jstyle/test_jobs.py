@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from jstyle.errors import ConfigError
+from jstyle.io import temp_path
 from jstyle.jobs import Task, TaskGraph, parse_workers, run_graph
+from jstyle.jobs.runtime import stderr_log
 from jstyle.jobs.workers import keep_running_when_children_die
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,23 +113,52 @@ def test_rerun_skips_done_and_redoes_changed_config_or_damaged_outputs(tmp_path)
 
 
 def test_stale_temps_of_a_killed_run_are_removed(tmp_path):
-    """Temps of the atomic writers (images, manifest, LoRA files, trainer folders, class images) older than a
-    minute go at the next run; a fresh temp (a writer still at work) and other files stay."""
-    stale = [tmp_path / "00" / ".Cat.png.4242.tmp", tmp_path / ".manifest.json.k2j4_x9a.tmp",
-             tmp_path / "work" / "00" / "ckpt" / ".pytorch_lora_weights.safetensors.ab12cd34.tmp",
-             tmp_path / "work" / "00" / "class" / ".0001.png.zz9yy8xx.png", tmp_path / "work" / ".final.q1w2e3r4"]
-    keep = [tmp_path / "00" / ".Dog.png.4343.tmp", tmp_path / "00" / ".notes", tmp_path / "00" / "Cow.png"]
+    """Temps of jstyle.io's atomic writers (files and folders) older than a minute go at the next run; a fresh
+    temp (a writer still at work), a file that only looks like a temp, and other files stay."""
+    stale = [temp_path(tmp_path / "00" / "Cat.png"), temp_path(tmp_path / "manifest.json"),
+             temp_path(tmp_path / "work" / "00" / "ckpt" / "pytorch_lora_weights.safetensors")]
+    folder = temp_path(tmp_path / "work" / "00" / "lora")
+    keep = [temp_path(tmp_path / "00" / "Dog.png"), tmp_path / "00" / ".notes", tmp_path / "00" / "Cow.png",
+            tmp_path / "00" / ".Cow.png.4242.tmp"]
     for path in stale + keep:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
-    (tmp_path / "work" / ".final.q1w2e3r4").unlink()
-    (tmp_path / "work" / ".final.q1w2e3r4").mkdir()
-    (tmp_path / "work" / ".final.q1w2e3r4" / "adapter.safetensors").write_text("x")
+    folder.mkdir(parents=True)
+    (folder / "adapter.safetensors").write_text("x")
     old = time.time() - 3600
-    for path in [*stale, tmp_path / "00" / ".notes", tmp_path / "00" / "Cow.png"]:
+    for path in [*stale, folder, *keep[1:]]:
         os.utime(path, (old, old))
     assert run_graph(plan(styles=("00",)), TOY, out_dir=tmp_path, config={}, workers=["cpu:0"], progress=False).ok
-    assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in keep)
+    assert [p for p in [*stale, folder] if p.exists()] == [] and all(p.exists() for p in keep)
+
+
+# what Jittor's parallel_compiler.cc writes with std::cerr while kernels compile (>2 s), then a newline
+COMPILING = "\n" + "".join(f"Compiling Operators({i}/40) used: {2.0 + i / 10:.3g}s eta: {9.0 - i / 5:.3g}s \r"
+                            for i in range(1, 41)) + "\n"
+
+
+@pytest.mark.parametrize("workers", [["cpu:0"], ["cpu:0", "cpu:1"]])
+def test_jittor_compile_lines_go_to_the_log_and_the_terminal_shows_one_status(tmp_path, capfd, workers):
+    g = TaskGraph([Task("00/train", "train", "00", outputs=("work/00/lora",))])
+    cfg = {"stderr": COMPILING, "sleep": 0.5}  # the sleep: the status line is read while the task still runs
+    assert run_graph(g, TOY, out_dir=tmp_path, config=cfg, workers=workers, progress=True).ok
+    terminal = capfd.readouterr().err
+    assert "Compiling Operators" not in terminal
+    assert "compiling kernels for the first run ... 6 s" in terminal  # the last line's "used: 6s"
+    log = stderr_log(tmp_path, "cpu:0").read_text()
+    lines = [line for line in log.splitlines() if line.startswith("Compiling Operators")]
+    assert len(lines) == 40 and lines[-1].startswith("Compiling Operators(40/40) used: 6s")
+    if len(workers) == 1:  # the scheduler's own stderr is the terminal again afterwards
+        os.write(2, b"after the run\n")
+        assert capfd.readouterr().err == "after the run\n"
+
+
+def test_jittor_compile_lines_without_bars_give_one_note(tmp_path, capfd):
+    g = TaskGraph([Task("00/train", "train", "00", outputs=("work/00/lora",))])
+    assert run_graph(g, TOY, out_dir=tmp_path, config={"stderr": COMPILING, "sleep": 0.5}, workers=["cpu:0"],
+                     progress=False).ok
+    terminal = capfd.readouterr().err
+    assert terminal.count("compiling kernels for the first run") == 1 and "Compiling Operators" not in terminal
 
 
 DRIVER = """

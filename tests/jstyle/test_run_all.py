@@ -15,7 +15,7 @@ from jstyle.jobs.plan import RunConfig, build_graph  # noqa: E402
 DATA = run_all.ROOT / "demo" / "data"
 PROMPTS = list(json.loads((DATA / "00" / "prompt.json").read_text()).values())
 TINY = ["--demo", "--styles", "00", "--size", "16", "--steps", "1", "--train-steps", "2", "--styleid-steps", "2",
-        "--sdedit-steps", "2", "--no-check", "--no-package", "--no-progress"]
+        "--diffstyle-steps", "2", "--sdedit-steps", "2", "--no-check", "--no-package", "--no-progress"]
 
 
 @pytest.mark.parametrize("method, stages, deps", [
@@ -88,7 +88,9 @@ def test_every_other_method_writes_the_layout(tmp_path):
     (["--styles", "99"], ["99"]),
     (["--devices", "gpu"], ["--devices", "gpu"]),
     (["--size", "20"], ["--size", "multiple of 8"]),
-    (["--gamma", "2"], ["--gamma", "[0, 1]"]),
+    (["--styleid-gamma", "2"], ["--styleid-gamma", "[0, 1]"]),
+    (["--train-size", "20"], ["--train-size", "multiple of 8"]),
+    (["--method", "sdedit", "--sdedit-strength", "0"], ["--sdedit-strength", "(0, 1]"]),
     (["--preset", "nope"], ["preset", "nope", "baseline"]),
     (["--train-steps", "0"], ["max_train_steps", "> 0"]),
 ])
@@ -96,6 +98,56 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, flags, words):
     assert run_all.main([*TINY, "--out", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and all(w in err for w in words)
+
+
+def test_help_prints_each_default_once_from_its_source(capsys):
+    import dataclasses
+
+    from jstyle.methods import registry
+
+    with pytest.raises(SystemExit):
+        run_all.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default None)" not in text
+    for cls in registry.all_settings():
+        for st in registry.settings_of(cls):
+            at = text.index(st.flag + " " + st.field.upper() + " ")
+            end = text.find(" --", at + 3)
+            entry = text[at:end if end > 0 else text.index("methods (--method):", at)]
+            assert entry.count("default") == 1 and f"(default {st.default})" in entry, entry
+    assert {"--styleid-T", "--styleid-steps", "--diffstyle-steps", "--sdedit-strength"} <= set(text.split())
+    for f in dataclasses.fields(RunConfig):
+        if f.name in ("size", "steps", "guidance", "seed", "retries", "method"):
+            assert f"(default {f.default})" in text
+    for name, method in registry.METHODS.items():
+        assert f"{name} {method.summary}" in text
+
+
+def test_config_file_keys_are_the_flags_and_unknown_keys_are_one_line_errors(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"styleid_gamma": 1, "train_size": 32, "method": "styleid"}))
+    s = run_all.settings(run_all.parse_args(["--config", str(good), "--styleid-T", "2"]))
+    cfg = RunConfig.from_dict({"data": "d", "model": "m", "out": "o", **s})
+    assert cfg.method_settings().gamma == 1.0 and cfg.method_settings().T == 2.0 and cfg.train_size == 32
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"temperature": 1.5}))
+    assert run_all.main(["--config", str(bad), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "'temperature'" in err and "styleid_T" in err
+
+
+def test_config_hash_covers_the_methods_own_settings_only():
+    base = RunConfig(data="d", model="m", out="o", method="styleid")
+    same = RunConfig(data="d", model="m", out="o", method="styleid", settings={"styleid_gamma": 0.75})
+    assert base.hashed() == same.hashed()  # a default given explicitly is the same run
+    assert base.hashed() == RunConfig(data="d", model="m", out="o", method="styleid",
+                                      settings={"diffstyle_gamma": 0.5}).hashed()
+    assert base.hashed() != RunConfig(data="d", model="m", out="o", method="styleid",
+                                      settings={"styleid_T": 2.0}).hashed()
+    diff = RunConfig(data="d", model="m", out="o", method="diffstyle", seed=3, settings={"diffstyle_steps": 4})
+    got = diff.method_settings()  # run_all's DiffStyle as before: steps - 1 denoised, no boosting, the run's seed
+    assert (got.steps, got.start_step, got.t_boost, got.seed, got.gamma) == (4, 3, 0, 3, 0.3)
+    assert RunConfig.from_dict(diff.to_dict()) == diff
 
 
 def test_ray_backend_runs_the_demo_plan(tmp_path):

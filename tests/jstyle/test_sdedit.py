@@ -13,8 +13,9 @@ from PIL import Image
 
 from jstyle import load_pipeline
 from jstyle.errors import InputError
+from jstyle.io import read_rgb
 from jstyle.methods import sdedit
-from jstyle.methods.sdedit import img2img, mean_image, read_rgb, strength_timesteps
+from jstyle.methods.sdedit import img2img, mean_image, strength_timesteps
 
 from ..tolerance import UINT8, assert_at_most
 from .conftest import reference_npz
@@ -132,7 +133,7 @@ def test_mean_image_equals_numpy(tmp_path):
     got = mean_image([tmp_path / n for n in ("a.png", "b.png", "c.png")], size=16)
     assert got.dtype == np.uint8 and got.shape == (16, 16, 3)
     assert np.array_equal(got, expected)
-    # CMYK and non-square inputs: RGB, shorter side resized, centre square cropped
+    # CMYK and non-square inputs: RGB, centre square cropped (then resized to 16: a no-op here)
     Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).convert("CMYK").save(tmp_path / "d.jpg")
     assert read_rgb(tmp_path / "d.jpg", 16).shape == (16, 16, 3)
     wide = np.zeros((16, 32, 3), np.uint8)

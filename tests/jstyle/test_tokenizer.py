@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from jstyle.errors import InputError
-from jstyle.tokenizer import CLIPTokenizer, write_toy_vocab
+from jstyle.tiny import write_toy_vocab
+from jstyle.tokenizer import CLIPTokenizer
 
 from .conftest import run_reference
 
