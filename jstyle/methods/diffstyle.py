@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +26,11 @@ import numpy as np
 
 from ..cli import run_cli
 from ..errors import ConfigError, InputError
-from .inversion import ddim_invert, inversion_timesteps, make_scheduler, split_prediction
-from .styleid import _as_latents
+from ..models.hooks import HookHandle
+from ..ops import randn
+from ..schedulers.common import SchedulerOutput, ddim_sigma, ddim_step, predict_x0_eps
+from ..schedulers.ddim import DDIMScheduler
+from .inversion import ddim_invert, inversion_timesteps, make_scheduler
 
 __all__ = ["DiffStyleConfig", "slerp", "match_norm", "inject_h", "diffstyle", "main"]
 
@@ -91,18 +93,12 @@ def inject_h(h_style: jt.Var, h_content: jt.Var, gamma: float) -> jt.Var:
     return slerp(h_style, match_norm(h_content, h_style), gamma)
 
 
-@contextmanager
-def _mid_block_hook(unet, fn: Callable[[jt.Var], jt.Var]) -> Iterator[None]:
-    """Route the mid-block's output through fn for the block, then restore the plain module."""
+def _mid_block_hook(unet, fn: Callable[[jt.Var], jt.Var]) -> HookHandle:
+    """Route the mid-block's output h through fn (a forward wrapper, removed by the handle / leaving `with`)."""
     block = unet.mid_block
     if block is None:
         raise ConfigError("DiffStyle needs a UNet with a mid block (h-space)")
-    plain = block.execute
-    block.execute = lambda *args, **kwargs: fn(plain(*args, **kwargs))
-    try:
-        yield
-    finally:
-        del block.execute
+    return block.register_forward_wrapper(lambda forward, *args, **kwargs: fn(forward(*args, **kwargs)))
 
 
 def _record_content_h(pipe, latents: jt.Var, context: jt.Var, cfg: DiffStyleConfig) -> dict[int, jt.Var]:
@@ -120,47 +116,56 @@ def _record_content_h(pipe, latents: jt.Var, context: jt.Var, cfg: DiffStyleConf
     return store
 
 
+class _AsymmetricStep:
+    """DiffStyle's DDIM step in the scheduler interface `StableDiffusion.denoise` drives: on edit steps the model
+    output holds two branches ([injected; plain], 2n rows), x0 comes from both (omega) and eps from the plain one;
+    eta noise for t <= t_boost, drawn from the config's seed; dt_lambda on the direction term for t >= 950."""
+
+    def __init__(self, scheduler: DDIMScheduler, cfg: DiffStyleConfig, batch: int):
+        self.scheduler, self.cfg, self.n = scheduler, cfg, batch
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def scale_model_input(self, sample: jt.Var, timestep: int) -> jt.Var:
+        return sample
+
+    def step(self, model_output: jt.Var, timestep: int, sample: jt.Var) -> SchedulerOutput:
+        cfg, n, t, kind = self.cfg, self.n, int(timestep), self.scheduler.config.prediction_type
+        a_t, a_prev = self.scheduler.alphas_cumprod[t], self.scheduler.alpha_prev(t)
+        if model_output.shape[0] == 2 * n:  # edit step: [injected; plain]
+            x0_inj, _ = predict_x0_eps(model_output[:n], sample, a_t, kind)
+            x0, eps = predict_x0_eps(model_output[n:], sample, a_t, kind)
+            x0 = cfg.omega * x0_inj + (1 - cfg.omega) * x0  # x0 = w P(eps_inj) + (1 - w) P(eps)
+        else:
+            x0, eps = predict_x0_eps(model_output, sample, a_t, kind)
+        sigma = ddim_sigma(a_t, a_prev, cfg.eta if t <= cfg.t_boost else 0.0)
+        noise = randn(tuple(sample.shape), self.rng, str(sample.dtype)) if sigma > 0 else None
+        lam = cfg.dt_lambda if t >= DT_LAMBDA_FROM else 1.0
+        # x_prev = sqrt(a_prev) x0 + lam sqrt(1 - a_prev - sigma^2) eps + sigma z
+        return SchedulerOutput(ddim_step(x0, eps, a_prev, sigma, noise, direction_scale=lam), x0)
+
+
 def _sample(pipe, x: jt.Var, context: jt.Var, h_content: dict[int, jt.Var], cfg: DiffStyleConfig) -> jt.Var:
     scheduler = make_scheduler(pipe, cfg.steps)
-    stride = scheduler.config.num_train_timesteps // cfg.steps
-    kind = scheduler.config.prediction_type
-    rng = np.random.default_rng(cfg.seed)
     n = x.shape[0]
+    both = jt.concat([context, context])
     current: dict = {}
+
+    def edits(t: int) -> bool:
+        return t >= cfg.t_edit and cfg.gamma > 0
+
+    def on_step(i: int, t: int, latents: jt.Var) -> None:
+        current.clear()
+        if edits(t):
+            current["t"] = t
 
     def swap(h: jt.Var) -> jt.Var:  # first half of the batch: injected; second half: plain
         if "t" not in current:
             return h
         return jt.concat([inject_h(h[:n], h_content[current["t"]], cfg.gamma), h[n:]])
 
-    from ..ops import randn
-
-    with jt.no_grad(), _mid_block_hook(pipe.unet, swap):
-        for t in inversion_timesteps(scheduler, cfg.start_step)[::-1]:
-            t = int(t)
-            prev = t - stride
-            a_t = scheduler.alphas_cumprod[t]
-            a_prev = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
-            edit = t >= cfg.t_edit and cfg.gamma > 0
-            current.clear()
-            if edit:
-                current["t"] = t
-                out = pipe.unet(jt.concat([x, x]), t, jt.concat([context, context]))
-                x0_inj, _ = split_prediction(out[:n], x, a_t, kind)
-                x0, eps = split_prediction(out[n:], x, a_t, kind)
-                x0 = cfg.omega * x0_inj + (1 - cfg.omega) * x0  # x0 = w P(eps_inj) + (1 - w) P(eps)
-            else:
-                x0, eps = split_prediction(pipe.unet(x, t, context), x, a_t, kind)
-            eta = cfg.eta if t <= cfg.t_boost else 0.0
-            # sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev)
-            sigma = float(eta * np.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)))
-            lam = cfg.dt_lambda if t >= DT_LAMBDA_FROM else 1.0
-            # x_prev = sqrt(a_prev) x0 + lam sqrt(1 - a_prev - sigma^2) eps + sigma z
-            x = float(np.sqrt(a_prev)) * x0 + lam * float(np.sqrt(max(1 - a_prev - sigma**2, 0.0))) * eps
-            if sigma > 0:
-                x = x + sigma * randn(tuple(x.shape), rng, str(x.dtype))
-            x.sync()
-    return x
+    with _mid_block_hook(pipe.unet, swap):
+        return pipe.denoise(x, lambda i, t: both if edits(t) else context, _AsymmetricStep(scheduler, cfg, n),
+                            inversion_timesteps(scheduler, cfg.start_step)[::-1], callback=on_step)
 
 
 def diffstyle(pipe, content_images: np.ndarray, style_image: np.ndarray,
@@ -168,8 +173,8 @@ def diffstyle(pipe, content_images: np.ndarray, style_image: np.ndarray,
     """Content images (uint8 [N, H, W, 3]) in the style of one image (uint8 [H, W, 3]) -> uint8 [N, H, W, 3]."""
     if style_image is None:
         raise InputError("DiffStyle needs a style image")
-    content = _as_latents(pipe, content_images)
-    style = _as_latents(pipe, style_image)
+    content = pipe.encode_uint8(content_images)
+    style = pipe.encode_uint8(style_image)
     if style.shape[0] != 1 or style.shape[2:] != content.shape[2:]:
         raise InputError(f"one style image of the content's size, got {list(style.shape)} for {list(content.shape)}")
     context = pipe.encode_prompt("")

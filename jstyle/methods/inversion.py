@@ -3,7 +3,9 @@
 Inversion walks the sampling schedule backwards: from a clean latent up to the noisiest kept
 timestep, evaluating the UNet at the *target* timestep label on the current latent, as diffusers'
 DDIMInverseScheduler and null-text inversion do. Sampling back from the result regenerates the
-latent up to the approximation eps(x_{t-1}, t) ~ eps(x_t, t).
+latent up to the approximation eps(x_{t-1}, t) ~ eps(x_t, t). Both use the shared DDIM math
+(schedulers.common); sampling is the pipeline's one denoising loop. `pipe` needs only `.unet` and
+`.scheduler_config`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import jittor as jt
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..pipeline import denoise
+from ..schedulers.common import ddim_step, predict_x0_eps
 from ..schedulers.ddim import DDIMScheduler
 
-__all__ = ["ddim_inversion_step", "ddim_invert", "ddim_sample", "make_scheduler", "inversion_timesteps",
-           "split_prediction"]
+__all__ = ["ddim_invert", "ddim_sample", "make_scheduler", "inversion_timesteps"]
 
-StepCallback = Callable[[int, int, jt.Var], None]
+StepCallback = Callable[[int, int, jt.Var], None]  # callback(step index, timestep, latents) before the UNet
 
 
 def make_scheduler(pipe, num_steps: int) -> DDIMScheduler:
@@ -37,28 +40,6 @@ def inversion_timesteps(scheduler: DDIMScheduler, num_inversion_steps: int | Non
     if not 1 <= n <= len(scheduler.timesteps):
         raise ConfigError(f"num_inversion_steps must be in 1..{len(scheduler.timesteps)}, got {n}")
     return scheduler.timesteps[::-1][:n].copy()
-
-
-def split_prediction(model_output: jt.Var, sample: jt.Var, alpha: np.float32,
-                     prediction_type: str) -> tuple[jt.Var, jt.Var]:
-    """(x0, eps) of a sample at noise level abar = a.
-
-    v-prediction: x0 = sqrt(a) x - sqrt(1-a) v, eps = sqrt(a) v + sqrt(1-a) x.
-    """
-    sa, sb = float(np.sqrt(alpha)), float(np.sqrt(np.float32(1) - alpha))
-    if prediction_type == "epsilon":
-        return (sample - sb * model_output) / sa, model_output
-    if prediction_type == "v_prediction":
-        return sa * sample - sb * model_output, sa * model_output + sb * sample
-    if prediction_type == "sample":
-        return model_output, (sample - sa * model_output) / sb
-    raise ConfigError(f"prediction_type '{prediction_type}' unknown; use epsilon, v_prediction or sample")
-
-
-def ddim_inversion_step(x0: jt.Var, eps: jt.Var, alpha_next: np.float32) -> jt.Var:
-    """One eta-0 DDIM step towards more noise."""
-    # x_{t+1} = sqrt(a_{t+1}) x0_hat + sqrt(1 - a_{t+1}) eps_hat
-    return float(np.sqrt(alpha_next)) * x0 + float(np.sqrt(np.float32(1) - alpha_next)) * eps
 
 
 def _context(prompt_embeds: jt.Var, batch: int) -> jt.Var:
@@ -85,20 +66,17 @@ def ddim_invert(
     UNet evaluation (processors that record features use it to learn the timestep).
     """
     scheduler = make_scheduler(pipe, num_steps)
-    stride = scheduler.config.num_train_timesteps // num_steps
     context = _context(prompt_embeds, latents.shape[0])
     kind = scheduler.config.prediction_type
     x, out = latents, []
     with jt.no_grad():
         for i, t in enumerate(inversion_timesteps(scheduler, num_inversion_steps)):
             t = int(t)
-            prev = t - stride  # the level the current latent is at (the final alpha for the clean latent)
-            alpha = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+            alpha = scheduler.alpha_prev(t)  # the level the current latent is at (final alpha for the clean one)
             if callback is not None:
                 callback(i, t, x)
-            model_output = pipe.unet(x, t, context)
-            x0, eps = split_prediction(model_output, x, alpha, kind)
-            x = ddim_inversion_step(x0, eps, scheduler.alphas_cumprod[t])
+            x0, eps = predict_x0_eps(pipe.unet(x, t, context), x, alpha, kind)
+            x = ddim_step(x0, eps, scheduler.alphas_cumprod[t])  # one eta-0 step towards more noise: a_prev -> a_t
             x.sync()
             out.append(x)
     return out
@@ -120,13 +98,5 @@ def ddim_sample(
     """
     scheduler = make_scheduler(pipe, num_steps)
     timesteps = inversion_timesteps(scheduler, num_denoise_steps)[::-1]
-    context = _context(prompt_embeds, latents.shape[0])
-    x = latents
-    with jt.no_grad():
-        for i, t in enumerate(timesteps):
-            t = int(t)
-            if callback is not None:
-                callback(i, t, x)
-            x = scheduler.step(pipe.unet(x, t, context), t, x).prev_sample
-            x.sync()
-    return x
+    return denoise(pipe.unet, latents, _context(prompt_embeds, latents.shape[0]), scheduler, timesteps,
+                   callback=callback)

@@ -11,12 +11,16 @@ the tokens of a zero image embedding, as in diffusers.
     load_ip_adapter(pipe, "ip-adapter_sd15.safetensors", "image_encoder/", scale=0.6)
     set_ip_adapter_image(pipe, style_image)  # uint8 [H, W, 3], or image_embeds=ip_adapter_embeds(pipe, ...)
     pipe.text_to_image("a dolphin")          # or sdedit.img2img(..., ip_adapter_image=style_image)
+    with ip_adapter_image_prompt(pipe, other_image):  # another image prompt for the calls in the block only
+        pipe.text_to_image("a dolphin")
     set_ip_adapter_scale(pipe, 0.3)
     unload_ip_adapter(pipe)                  # the previous processors are back
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import jittor as jt
@@ -27,7 +31,8 @@ from ..errors import InputError, WeightsError
 from ..models.attention import Attention, AttnProcessor
 
 __all__ = ["ImageProjModel", "IPAttnProcessor", "IPAdapter", "load_ip_adapter", "get_ip_adapter",
-           "ip_adapter_embeds", "set_ip_adapter_image", "set_ip_adapter_scale", "unload_ip_adapter"]
+           "ip_adapter_embeds", "ip_adapter_image_prompt", "set_ip_adapter_image", "set_ip_adapter_scale",
+           "unload_ip_adapter"]
 
 
 class ImageProjModel(nn.Module):
@@ -50,7 +55,7 @@ class IPAttnProcessor(AttnProcessor):
         self.adapter, self.to_k_ip, self.to_v_ip = adapter, to_k_ip, to_v_ip
 
     def attend(self, attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> jt.Var:
-        out = attn.attend(query, key, value, mask)
+        out = super().attend(attn, query, key, value, mask)
         scale, tokens = self.adapter.scale, self.adapter.tokens_for(query.shape[0])
         if scale == 0 or tokens is None:
             return out
@@ -85,6 +90,16 @@ class IPAdapter:
         with jt.no_grad():
             self._cond = self.image_proj(embeds)
             self._uncond = self.image_proj(jt.zeros_like(embeds))  # CFG: a zero image embedding
+
+    @contextmanager
+    def image_prompt(self, images: np.ndarray | None, image_embeds: jt.Var | None = None) -> Iterator[IPAdapter]:
+        """`set_image(images, image_embeds)` inside the block; the image prompt set before comes back after it."""
+        before = self._cond, self._uncond
+        self.set_image(images, image_embeds)
+        try:
+            yield self
+        finally:
+            self._cond, self._uncond = before
 
     def tokens_for(self, batch: int) -> jt.Var | None:
         """Tokens for a UNet batch: [uncond..., cond...] when it is twice the prompts (CFG), else cond."""
@@ -202,6 +217,13 @@ def ip_adapter_embeds(pipe, images: np.ndarray) -> jt.Var:
 def set_ip_adapter_image(pipe, images: np.ndarray | None = None, image_embeds: jt.Var | None = None) -> None:
     """Image prompt for the following sampling calls (uint8 images or their `ip_adapter_embeds`); None clears."""
     _require(pipe).set_image(images, image_embeds)
+
+
+def ip_adapter_image_prompt(pipe, images: np.ndarray | None = None,
+                            image_embeds: jt.Var | None = None) -> AbstractContextManager[IPAdapter]:
+    """`with ip_adapter_image_prompt(pipe, image): ...`: that image prompt for the calls inside the block only
+    (InputError if no IP-Adapter is loaded); the one set before is restored after it."""
+    return _require(pipe).image_prompt(images, image_embeds)
 
 
 def set_ip_adapter_scale(pipe, scale: float) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,18 +80,13 @@ def strength_timesteps(timesteps: np.ndarray, strength: float) -> tuple[np.ndarr
     return run, t_start
 
 
-def _as_pixels(images: Any) -> np.ndarray:
-    """uint8 [B, H, W, 3] / [H, W, 3] array or a list of PIL images -> float32 [B, 3, H, W] in [-1, 1]."""
+def _as_uint8(images: Any) -> np.ndarray:
+    """uint8 [B, H, W, 3] / [H, W, 3] array or a list of PIL images / arrays -> uint8 [B, H, W, 3]."""
+    from ..pipeline import uint8_batch
+
     if isinstance(images, (list, tuple)):
         images = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images])
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise InputError(f"init images must be uint8 [B, H, W, 3], got {images.dtype} {images.shape}")
-    if images.shape[1] % 8 or images.shape[2] % 8:
-        raise InputError(f"init image size must be a multiple of 8, got {images.shape[2]}x{images.shape[1]}")
-    return (images.astype(np.float32) / 255.0 * 2.0 - 1.0).transpose(0, 3, 1, 2)  # x / 127.5 - 1
+    return uint8_batch(images)
 
 
 def img2img(
@@ -119,84 +115,43 @@ def img2img(
     `ip_adapter_image` (uint8 [H, W, 3], or one per prompt) is the image prompt of the IP-Adapter loaded with
     jstyle.methods.ip_adapter.load_ip_adapter, for this call only.
     """
-    if ip_adapter_image is not None:
-        from .ip_adapter import get_ip_adapter, set_ip_adapter_image
-
-        adapter = get_ip_adapter(pipe)
-        state = None if adapter is None else (adapter._cond, adapter._uncond)
-        set_ip_adapter_image(pipe, np.asarray(ip_adapter_image))  # InputError when none is loaded
-        try:
-            return img2img(pipe, images, prompts, strength=strength, num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, negative_prompt=negative_prompt, scheduler=scheduler,
-                           generator=generator, noise=noise, posterior=posterior, posterior_noise=posterior_noise,
-                           eta=eta, progress=progress)
-        finally:
-            adapter._cond, adapter._uncond = state
-
     import jittor as jt
 
-    from ..schedulers import get_scheduler
+    from ..ops import randn
 
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts:
-        raise InputError("no prompts given")
     if posterior not in POSTERIOR:
         raise InputError(f"unknown posterior '{posterior}'; use one of {', '.join(POSTERIOR)}")
-    if guidance_scale < 0:
-        raise InputError(f"guidance_scale must be >= 0, got {guidance_scale}")
-    if num_inference_steps < 1:
-        raise InputError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    pixels = _as_pixels(images)
-    if len(pixels) == 1 and len(prompts) > 1:
-        pixels = np.repeat(pixels, len(prompts), axis=0)
-    if len(pixels) != len(prompts):
-        raise InputError(f"{len(pixels)} init images for {len(prompts)} prompts; pass one, or one per prompt")
-    negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-    name, sched = scheduler, get_scheduler(scheduler, pipe.scheduler_config)
-    sched.set_timesteps(num_inference_steps)
+    context, n = pipe.prompt_context(prompts, negative_prompt, guidance_scale)
+    generator = np.random.default_rng(0) if generator is None else generator
+    sched, step_kwargs = pipe.sampler(scheduler, num_inference_steps, eta, generator)
     timesteps, t_start = strength_timesteps(np.asarray(sched.timesteps), strength)  # numpy in every scheduler
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(t_start)
-    generator = np.random.default_rng(0) if generator is None else generator
-    step_kwargs = {"generator": generator, **({"eta": eta} if name == "ddim" else {})}
-    cfg = guidance_scale > 1.0
-    context = pipe.encode_prompt(negatives + prompts if cfg else prompts)
+    image_prompt: AbstractContextManager = nullcontext()
+    if ip_adapter_image is not None:
+        from .ip_adapter import ip_adapter_image_prompt
 
-    from ..ops import as_dtype, randn
-
-    with jt.no_grad():
-        dist = pipe.vae.encode(jt.array(pixels).cast(pipe.vae_dtype))
-        if posterior == "mode":
-            z0 = dist.mode()
-        else:
-            eps = randn(dist.mean.shape, generator, str(dist.mean.dtype)) if posterior_noise is None else \
-                jt.array(np.asarray(posterior_noise, np.float32)).cast(dist.mean.dtype)
-            z0 = dist.mean + dist.std * eps  # posterior sample: mean + std * eps
-        z0 = as_dtype(z0 * pipe.vae.scaling_factor, pipe.dtype)  # from the VAE's dtype to the UNet's
-        shape = tuple(z0.shape)
-        if noise is None:
-            noise_var = randn(shape, generator, str(z0.dtype))
-        else:
-            noise = np.asarray(noise, np.float32)
-            if noise.shape != shape:
-                raise InputError(f"noise has shape {noise.shape}, expected {shape}")
-            noise_var = jt.array(noise).cast(z0.dtype)
-        t0 = np.array([timesteps[0]] * shape[0])
-        latents = sched.add_noise(z0, noise_var, t0)  # sqrt(a_t) z0 + sqrt(1 - a_t) noise
-        steps = timesteps
-        if progress:
-            from tqdm import tqdm
-
-            steps = tqdm(steps, desc="denoising", leave=False)
-        for t in steps:
-            t = t.item() if hasattr(t, "item") else t
-            x = sched.scale_model_input(latents, t)
-            x = jt.concat([x, x]) if cfg else x
-            out = pipe.unet(x, t, context)
-            if cfg:
-                uncond, cond = out.chunk(2)
-                out = uncond + guidance_scale * (cond - uncond)  # CFG: e_u + w (e_c - e_u)
-            latents = sched.step(out, t, latents, **step_kwargs).prev_sample
+        image_prompt = ip_adapter_image_prompt(pipe, np.asarray(ip_adapter_image))  # InputError if none is loaded
+    pixels = _as_uint8(images)
+    if len(pixels) == 1 and n > 1:
+        pixels = np.repeat(pixels, n, axis=0)
+    if len(pixels) != n:
+        raise InputError(f"{len(pixels)} init images for {n} prompts; pass one, or one per prompt")
+    if posterior == "sample":  # z0 = mean + std * eps, eps drawn first from the generator (diffusers' order)
+        z0 = pipe.encode_uint8(pixels, generator, posterior_noise)
+    else:
+        z0 = pipe.encode_uint8(pixels)
+    shape = tuple(z0.shape)
+    if noise is None:
+        noise_var = randn(shape, generator, str(z0.dtype))
+    else:
+        noise = np.asarray(noise, np.float32)
+        if noise.shape != shape:
+            raise InputError(f"noise has shape {noise.shape}, expected {shape}")
+        noise_var = jt.array(noise).cast(z0.dtype)
+    latents = sched.add_noise(z0, noise_var, np.array([timesteps[0]] * shape[0]))  # sqrt(a_t) z0 + sqrt(1-a_t) n
+    with image_prompt:
+        latents = pipe.denoise(latents, context, sched, timesteps, guidance_scale, step_kwargs, progress=progress)
     return pipe.decode_latents(latents)
 
 

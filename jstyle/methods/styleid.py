@@ -23,8 +23,8 @@ import numpy as np
 
 from ..cli import run_cli
 from ..errors import ConfigError, InputError
-from ..models.attention import Attention
-from ..ops import attention, mean_std
+from ..models.attention import Attention, AttnProcessor
+from ..ops import mean_std
 from .inversion import ddim_invert, ddim_sample
 
 __all__ = [
@@ -97,34 +97,12 @@ def resolve_layers(unet, layers: tuple[str, ...] | None) -> list[str]:
     return names
 
 
-def _split_heads(attn: Attention, hidden_states: jt.Var):
-    """AttnProcessor's preamble for self-attention: (tokens [B, N, C], restore function)."""
-    if hidden_states.ndim == 4:
-        b, c, h, w = hidden_states.shape
-        x = hidden_states.reshape(b, c, h * w).transpose(0, 2, 1)
-
-        def restore(out):
-            return out.transpose(0, 2, 1).reshape(b, c, h, w)
-    else:
-        x, restore = hidden_states, (lambda out: out)
-    if attn.group_norm is not None:
-        x = attn.group_norm(x.transpose(0, 2, 1)).transpose(0, 2, 1)
-    return x, restore
+def _self_attention_only(encoder_hidden_states: jt.Var | None) -> None:
+    if encoder_hidden_states is not None:
+        raise InputError("StyleID layers must be self-attention (attn1) layers")
 
 
-def _finish(attn: Attention, out: jt.Var, restore, residual: jt.Var) -> jt.Var:
-    out = restore(attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(out))))
-    if attn.residual_connection:
-        out = out + residual
-    return out / attn.rescale_output_factor
-
-
-def _attend(attn: Attention, q: jt.Var, k: jt.Var, v: jt.Var, mask, temperature: float) -> jt.Var:
-    """softmax(T * Q K^T / sqrt(d) + mask) V on [B, heads, N, d], upcast as Attention.attend."""
-    return attention(q, k, v, attn.scale * temperature, mask, attn.upcast_attention, attn.upcast_softmax)
-
-
-class RecordProcessor:
+class RecordProcessor(AttnProcessor):
     """Plain self-attention that stores its projected q/k/v ([B, N, heads*d]) in `store[timestep][name]`.
 
     The owner sets `timestep` before each UNet call; `keep` picks which of 'q', 'k', 'v' are stored.
@@ -133,19 +111,16 @@ class RecordProcessor:
     def __init__(self, name: str, store: dict, keep: str = "qkv"):
         self.name, self.store, self.keep, self.timestep = name, store, keep, None
 
-    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
-        if encoder_hidden_states is not None:
-            raise InputError("StyleID layers must be self-attention (attn1) layers")
-        x, restore = _split_heads(attn, hidden_states)
-        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    def project(self, attn: Attention, hidden_states: jt.Var, encoder_hidden_states: jt.Var | None):
+        _self_attention_only(encoder_hidden_states)
+        q, k, v = super().project(attn, hidden_states, None)
         saved = {key: val.detach() for key, val in zip("qkv", (q, k, v)) if key in self.keep}
         jt.sync(list(saved.values()))
         self.store.setdefault(self.timestep, {})[self.name] = saved
-        out = _attend(attn, *(attn.head_to_batch_dim(y) for y in (q, k, v)), attention_mask, 1.0)
-        return _finish(attn, out, restore, hidden_states)
+        return q, k, v
 
 
-class InjectProcessor:
+class InjectProcessor(AttnProcessor):
     """StyleID attention: Q = gamma Q_c + (1 - gamma) Q_cs, K = K_s, V = V_s, softmax(T Q K^T / sqrt(d)) V.
 
     `content[t][name]['q']` and `style[t][name]['k'|'v']` come from RecordProcessor; the owner sets
@@ -156,16 +131,16 @@ class InjectProcessor:
         self.name, self.content, self.style = name, content, style
         self.gamma, self.temperature, self.timestep = gamma, temperature, None
 
-    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
-        if encoder_hidden_states is not None:
-            raise InputError("StyleID layers must be self-attention (attn1) layers")
-        x, restore = _split_heads(attn, hidden_states)
+    def project(self, attn: Attention, hidden_states: jt.Var, encoder_hidden_states: jt.Var | None):
+        _self_attention_only(encoder_hidden_states)
         q_c = self.content[self.timestep][self.name]["q"]
         kv = self.style[self.timestep][self.name]
-        q = self.gamma * q_c + (1.0 - self.gamma) * attn.to_q(x)
-        heads = [attn.head_to_batch_dim(y) for y in (q, kv["k"], kv["v"])]  # K, V: batch 1 broadcasts
-        out = _attend(attn, *heads, attention_mask, self.temperature)
-        return _finish(attn, out, restore, hidden_states)
+        q = self.gamma * q_c + (1.0 - self.gamma) * attn.to_q(hidden_states)
+        return q, kv["k"], kv["v"]  # K, V: batch 1 broadcasts
+
+    def attend(self, attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> jt.Var:
+        """softmax(T Q K^T / sqrt(d) + mask) V."""
+        return attn.attend(query, key, value, mask, kernel=self.kernel, scale=attn.scale * self.temperature)
 
 
 @dataclass
@@ -208,26 +183,12 @@ def _invert(pipe, latents: jt.Var, cfg: StyleIDConfig, layers: list[str], keep: 
     return latents, store
 
 
-def _as_latents(pipe, images: np.ndarray) -> jt.Var:
-    """uint8 [B, H, W, 3] (or one [H, W, 3]) -> scaled VAE latents (posterior mode)."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise InputError(f"images must be uint8 [B, H, W, 3] or [H, W, 3], got {images.dtype} {images.shape}")
-    f = pipe.vae_scale_factor
-    if images.shape[1] % f or images.shape[2] % f:
-        raise InputError(f"image size {images.shape[1]}x{images.shape[2]} must be a multiple of {f}")
-    x = images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
-    return pipe.encode_images(jt.array(x))
-
-
 def invert_style(pipe, style_image: np.ndarray, cfg: StyleIDConfig) -> StyleFeatures:
     """Invert one style image (uint8 [H, W, 3]) and keep its K, V per timestep in memory."""
     if style_image is None:
         raise InputError("StyleID needs a style image")
     layers = resolve_layers(pipe.unet, cfg.layers)
-    z = _as_latents(pipe, style_image)
+    z = pipe.encode_uint8(style_image)
     if z.shape[0] != 1:
         raise InputError(f"one style image at a time, got {z.shape[0]}")
     if not (cfg.inject or cfg.adain):  # nothing of the style is used
@@ -255,7 +216,7 @@ def stylize(pipe, content_images: np.ndarray, style_image: np.ndarray | StyleFea
     if style_image is None:
         raise InputError("StyleID needs a style image")
     resolve_layers(pipe.unet, cfg.layers)
-    content = _as_latents(pipe, content_images)
+    content = pipe.encode_uint8(content_images)
     style = style_image if isinstance(style_image, StyleFeatures) else invert_style(pipe, style_image, cfg)
     return pipe.decode_latents(stylize_latents(pipe, content, style, cfg))
 

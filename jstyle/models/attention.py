@@ -6,7 +6,7 @@ processor (`set_attn_processor`) instead of forking the model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jittor as jt
 from jittor import nn
@@ -20,7 +20,10 @@ __all__ = ["Attention", "AttnProcessor", "AttentionHooksMixin"]
 class AttnProcessor:
     """Default processor: multi-head scaled dot-product attention (diffusers' AttnProcessor).
 
-    `kernel` forces `jstyle.ops.attention`'s kernel ('batched' / 'per_head'); None lets it pick by device.
+    One call is four steps a subclass may override one at a time (StyleID swaps `project`, IP-Adapter extends
+    `attend`): `prepare` (image -> tokens, group norm), `project` (Q, K, V tokens), `attend` (per head),
+    `finish` (output projection, image shape, residual, rescale). `kernel` forces `jstyle.ops.attention`'s
+    kernel ('batched' / 'per_head'); None lets it pick by device.
     """
 
     kernel: str | None = None
@@ -28,9 +31,38 @@ class AttnProcessor:
     def __init__(self, kernel: str | None = None):
         self.kernel = kernel
 
+    def prepare(self, attn: Attention, hidden_states: jt.Var) -> tuple[jt.Var, Callable[[jt.Var], jt.Var]]:
+        """(tokens [B, N, C], restore): an image [B, C, H, W] flattened to tokens, then the layer's group norm;
+        `restore` turns output tokens back into the input's shape."""
+        if hidden_states.ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.reshape(b, c, h * w).transpose(0, 2, 1)
+
+            def restore(out: jt.Var) -> jt.Var:
+                return out.transpose(0, 2, 1).reshape(b, c, h, w)
+        else:
+            def restore(out: jt.Var) -> jt.Var:
+                return out
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(0, 2, 1)).transpose(0, 2, 1)
+        return hidden_states, restore
+
+    def project(self, attn: Attention, hidden_states: jt.Var,
+                encoder_hidden_states: jt.Var | None) -> tuple[jt.Var, jt.Var, jt.Var]:
+        """Q, K, V tokens [B, N, heads*d]: K, V from `encoder_hidden_states` (cross-attention) or the tokens."""
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        return attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+
     def attend(self, attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> jt.Var:
         """[B, heads, N, d] attention of the layer's heads; subclasses add terms here (IP-Adapter)."""
         return attn.attend(query, key, value, mask, kernel=self.kernel)
+
+    def finish(self, attn: Attention, out: jt.Var, restore: Callable[[jt.Var], jt.Var], residual: jt.Var) -> jt.Var:
+        """Heads [B, heads, N, d] -> to_out, the input's shape, + residual (if the layer has one), / rescale."""
+        out = restore(attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(out))))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
 
     def __call__(
         self,
@@ -41,26 +73,10 @@ class AttnProcessor:
         **kwargs,
     ) -> jt.Var:
         """Extra `cross_attention_kwargs` meant for other processors are ignored, as in diffusers."""
-        residual = hidden_states
-        is_image = hidden_states.ndim == 4
-        if is_image:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.reshape(b, c, h * w).transpose(0, 2, 1)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(0, 2, 1)).transpose(0, 2, 1)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
-        out = self.attend(attn, query, key, value, attention_mask)
-        out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(out)))
-
-        if is_image:
-            out = out.transpose(0, 2, 1).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        tokens, restore = self.prepare(attn, hidden_states)
+        q, k, v = (attn.head_to_batch_dim(y) for y in self.project(attn, tokens, encoder_hidden_states))
+        out = self.attend(attn, q, k, v, attention_mask)
+        return self.finish(attn, out, restore, hidden_states)
 
 
 class Attention(nn.Module):
@@ -113,11 +129,13 @@ class Attention(nn.Module):
         return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
 
     def attend(
-        self, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None = None, kernel: str | None = None
+        self, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None = None, kernel: str | None = None,
+        scale: float | None = None,
     ) -> jt.Var:
-        """softmax(Q K^T / sqrt(d) + mask) V; Q K^T in float32 with upcast_attention, the softmax with
-        upcast_softmax, the probabilities and P V in V's dtype (diffusers' Attention.get_attention_scores)."""
-        return attention(query, key, value, self.scale, mask, self.upcast_attention, self.upcast_softmax, kernel)
+        """softmax(s Q K^T + mask) V, s = `scale` or 1 / sqrt(d); Q K^T in float32 with upcast_attention, the
+        softmax with upcast_softmax, the probabilities and P V in V's dtype (diffusers' get_attention_scores)."""
+        scale = self.scale if scale is None else scale
+        return attention(query, key, value, scale, mask, self.upcast_attention, self.upcast_softmax, kernel)
 
     def set_processor(self, processor) -> None:
         self.processor = processor

@@ -6,12 +6,13 @@ import jittor as jt
 from jittor import nn
 
 from ..ops import silu
+from .hooks import ForwardHooksMixin
 from .normalization import GroupNorm
 
 __all__ = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
 
 
-class ResnetBlock2D(nn.Module):
+class ResnetBlock2D(ForwardHooksMixin, nn.Module):
     """GroupNorm-SiLU-conv twice, plus an optional time-embedding shift and a 1x1 shortcut."""
 
     def __init__(

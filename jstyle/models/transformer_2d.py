@@ -14,6 +14,7 @@ from jittor import nn
 from ..errors import ConfigError, InputError
 from ..ops import gelu
 from .attention import Attention
+from .hooks import ForwardHooksMixin
 from .normalization import GroupNorm
 
 __all__ = ["GEGLU", "FeedForward", "BasicTransformerBlock", "Transformer2DModel"]
@@ -113,7 +114,7 @@ class BasicTransformerBlock(nn.Module):
         return hidden_states + self.ff(self.norm3(hidden_states))
 
 
-class Transformer2DModel(nn.Module):
+class Transformer2DModel(ForwardHooksMixin, nn.Module):
     """Continuous-input spatial transformer: [B, C, H, W] -> [B, C, H, W] (adds its input back)."""
 
     def __init__(

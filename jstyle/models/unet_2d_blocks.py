@@ -12,6 +12,7 @@ import jittor as jt
 from jittor import nn
 
 from ..errors import ConfigError
+from .hooks import ForwardHooksMixin
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
 
@@ -122,7 +123,7 @@ class CrossAttnDownBlock2D(nn.Module):
         return hidden_states, skips
 
 
-class UNetMidBlock2DCrossAttn(nn.Module):
+class UNetMidBlock2DCrossAttn(ForwardHooksMixin, nn.Module):
     """resnet, then (spatial transformer -> resnet) x num_layers, at the lowest resolution."""
 
     has_cross_attention = True

@@ -1,4 +1,5 @@
-"""Pieces shared by the schedulers: beta schedules, timestep spacing, config parsing, noise, broadcasting.
+"""Pieces shared by the schedulers and the methods: beta schedules, timestep spacing, config parsing, noise,
+broadcasting, and the diffusion math written once (model output -> x0 / eps, the DDIM update, q(x_t | x_0)).
 
 Scalar coefficients are computed in numpy float32, one rounding per operation, in the order
 diffusers computes them with 0-d float32 tensors, so trajectories agree to float32 rounding.
@@ -19,7 +20,7 @@ __all__ = [
     "PREDICTION_TYPES", "TIMESTEP_SPACINGS", "SchedulerOutput", "make_betas", "betas_for_alpha_bar",
     "alphas_cumprod", "check_choice", "config_from_dict", "spaced_timesteps", "step_noise", "batch_randn",
     "per_sample", "as_index_array", "f32", "vp_coefficients", "vp_add_noise", "vp_velocity", "schedule_index",
-    "threshold_sample",
+    "threshold_sample", "vp_x0_eps", "predict_x0_eps", "ddim_sigma", "ddim_step",
 ]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -169,3 +170,44 @@ def schedule_index(timesteps: np.ndarray, timestep: float) -> int | None:
     if len(hits) == 0:
         return None
     return int(hits[1] if len(hits) > 1 else hits[0])
+
+
+def vp_x0_eps(model_output: jt.Var, sample: jt.Var, alpha_t: float, sigma_t: float,
+              prediction_type: str) -> tuple[jt.Var, jt.Var]:
+    """(x0, eps) of x_t = alpha_t x0 + sigma_t eps (alpha_t^2 + sigma_t^2 = 1) from the model's output."""
+    if prediction_type == "epsilon":  # x0 = (x_t - sigma_t eps) / alpha_t
+        return (sample - sigma_t * model_output) / alpha_t, model_output
+    if prediction_type == "v_prediction":  # v = alpha_t eps - sigma_t x0 (Salimans & Ho 2022)
+        return alpha_t * sample - sigma_t * model_output, alpha_t * model_output + sigma_t * sample
+    if prediction_type == "sample":  # eps = (x_t - alpha_t x0) / sigma_t
+        return model_output, (sample - alpha_t * model_output) / sigma_t
+    raise ConfigError(f"prediction_type '{prediction_type}' unknown; use {', '.join(PREDICTION_TYPES)}")
+
+
+def predict_x0_eps(model_output: jt.Var, sample: jt.Var, alpha_bar: np.float32,
+                   prediction_type: str) -> tuple[jt.Var, jt.Var]:
+    """(x0, eps) of a sample at noise level abar: `vp_x0_eps` with alpha_t = sqrt(abar), sigma_t = sqrt(1 - abar)
+    (DDIM eq. 9: x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)); float32 roundings of the coefficients, as diffusers."""
+    sa, sb = float(np.sqrt(alpha_bar)), float(np.sqrt(f32(1) - alpha_bar))
+    return vp_x0_eps(model_output, sample, sa, sb, prediction_type)
+
+
+def ddim_sigma(alpha_bar: np.float32, alpha_bar_prev: np.float32, eta: float) -> np.float32:
+    """sigma_t(eta) = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev) (DDIM eq. 16), in float32."""
+    one = f32(1)
+    variance = ((one - alpha_bar_prev) / (one - alpha_bar)) * (one - alpha_bar / alpha_bar_prev)
+    return f32(eta) * np.sqrt(variance)
+
+
+def ddim_step(x0: jt.Var, eps: jt.Var, alpha_bar_prev: np.float32, sigma: float = 0.0,
+              noise: jt.Var | None = None, direction_scale: float = 1.0) -> jt.Var:
+    """x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z (DDIM eq. 12), z = `noise` (none: 0).
+
+    Towards more noise (inversion) it is the same update with a_prev the next level and sigma 0.
+    `direction_scale` multiplies the direction term (DiffStyle's dt_lambda); the coefficients are float32."""
+    sigma = f32(sigma)
+    direction = np.sqrt(max(f32(1) - alpha_bar_prev - sigma * sigma, f32(0)))  # clamped: eta > 1 is not NaN
+    prev = float(np.sqrt(alpha_bar_prev)) * x0 + (direction_scale * float(direction)) * eps
+    if noise is not None:
+        prev = prev + float(sigma) * noise
+    return prev

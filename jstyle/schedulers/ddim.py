@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +15,15 @@ from .common import (
     SchedulerOutput,
     alphas_cumprod,
     config_from_dict,
+    ddim_sigma,
+    ddim_step,
     make_betas,
+    predict_x0_eps,
     spaced_timesteps,
     step_noise,
     threshold_sample,
+    vp_add_noise,
+    vp_velocity,
 )
 
 __all__ = ["DDIMScheduler", "SchedulerOutput", "make_betas"]
@@ -72,19 +76,14 @@ class DDIMScheduler:
         self.num_inference_steps = num_inference_steps
         self.timesteps = t
 
-    def _alpha_prev(self, prev_t: int) -> np.float32:
+    def alpha_prev(self, timestep: int) -> np.float32:
+        """abar at the schedule's step after `timestep` (t - num_train // n; final_alpha_cumprod past t = 0)."""
+        prev_t = int(timestep) - self.config.num_train_timesteps // self.num_inference_steps
         return self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
 
     def predict_x0_eps(self, model_output: jt.Var, timestep: int, sample: jt.Var) -> tuple[jt.Var, jt.Var]:
-        """(x0, eps) from the model output; v: x0 = sqrt(a) x_t - sqrt(1-a) v, eps = sqrt(a) v + sqrt(1-a) x_t."""
-        a = self.alphas_cumprod[int(timestep)]
-        sa, sb = float(np.sqrt(a)), float(np.sqrt(np.float32(1) - a))  # float32 roundings, as diffusers
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            return (sample - sb * model_output) / sa, model_output
-        if kind == "sample":
-            return model_output, (sample - sa * model_output) / sb
-        return sa * sample - sb * model_output, sa * model_output + sb * sample
+        """(x0, eps) from the model output at `timestep` (common.predict_x0_eps)."""
+        return predict_x0_eps(model_output, sample, self.alphas_cumprod[int(timestep)], self.config.prediction_type)
 
     def step(
         self,
@@ -100,42 +99,26 @@ class DDIMScheduler:
         if self.num_inference_steps is None:
             raise ConfigError("call set_timesteps(n) before step()")
         timestep = int(timestep)
-        prev_t = timestep - self.config.num_train_timesteps // self.num_inference_steps
-        a, a_prev = self.alphas_cumprod[timestep], self._alpha_prev(prev_t)
+        a, a_prev = self.alphas_cumprod[timestep], self.alpha_prev(timestep)
         x0, eps = self.predict_x0_eps(model_output, timestep, sample)
         if self.config.thresholding:
             x0 = threshold_sample(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
         elif self.config.clip_sample:
             r = self.config.clip_sample_range
             x0 = x0.clamp(-r, r)
-        one = np.float32(1)
-        variance = ((one - a_prev) / (one - a)) * (one - a / a_prev)  # float32 throughout, as diffusers
-        std = np.float32(eta) * np.sqrt(variance)
+        std = ddim_sigma(a, a_prev, eta)  # float32 throughout, as diffusers
         if use_clipped_model_output:
-            eps = (sample - float(np.sqrt(a)) * x0) / float(np.sqrt(one - a))
-        prev = float(np.sqrt(a_prev)) * x0 + float(np.sqrt(one - a_prev - std * std)) * eps
-        std = float(std)
-        if eta > 0:
-            prev = prev + std * step_noise(model_output, generator, variance_noise, "DDIM")
-        return SchedulerOutput(prev, x0)
-
-    def _coefficients(self, timesteps: int | Sequence[int] | np.ndarray | jt.Var, ndim: int, dtype) -> tuple:
-        t = timesteps.numpy() if isinstance(timesteps, jt.Var) else np.asarray(timesteps)
-        a = self.alphas_cumprod[t.astype(np.int64).reshape(-1)]
-        shape = (-1,) + (1,) * (ndim - 1)
-        sa = jt.array((a**0.5).reshape(shape)).cast(dtype)
-        sb = jt.array(((1 - a) ** 0.5).reshape(shape)).cast(dtype)
-        return sa, sb
+            eps = predict_x0_eps(x0, sample, a, "sample")[1]  # eps = (x_t - sqrt(a) x0) / sqrt(1 - a)
+        noise = step_noise(model_output, generator, variance_noise, "DDIM") if eta > 0 else None
+        return SchedulerOutput(ddim_step(x0, eps, a_prev, std, noise), x0)
 
     def add_noise(self, original: jt.Var, noise: jt.Var, timesteps) -> jt.Var:
         """q(x_t | x_0): sqrt(a_t) x_0 + sqrt(1 - a_t) noise."""
-        sa, sb = self._coefficients(timesteps, original.ndim, original.dtype)
-        return sa * original + sb * noise
+        return vp_add_noise(self.alphas_cumprod, original, noise, timesteps)
 
     def get_velocity(self, sample: jt.Var, noise: jt.Var, timesteps) -> jt.Var:
         """v = sqrt(a_t) noise - sqrt(1 - a_t) x_0 (the v-prediction target)."""
-        sa, sb = self._coefficients(timesteps, sample.ndim, sample.dtype)
-        return sa * noise - sb * sample
+        return vp_velocity(self.alphas_cumprod, sample, noise, timesteps)
 
     def scale_model_input(self, sample: jt.Var, timestep: int | None = None) -> jt.Var:
         return sample

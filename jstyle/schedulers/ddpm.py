@@ -18,6 +18,7 @@ from .common import (
     config_from_dict,
     f32,
     make_betas,
+    predict_x0_eps,
     spaced_timesteps,
     step_noise,
     threshold_sample,
@@ -105,14 +106,8 @@ class DDPMScheduler:
         beta_prod, beta_prod_prev = one - a, one - a_prev
         alpha_t = a / a_prev
         beta_t = one - alpha_t
-        # 2. predicted x0 (eq. 15): x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            x0 = (sample - float(np.sqrt(beta_prod)) * model_output) / float(np.sqrt(a))
-        elif kind == "sample":
-            x0 = model_output
-        else:  # v-prediction: x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v
-            x0 = float(np.sqrt(a)) * sample - float(np.sqrt(beta_prod)) * model_output
+        # 2. predicted x0 (eq. 15): x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), or from v / x0
+        x0 = predict_x0_eps(model_output, sample, a, self.config.prediction_type)[0]
         # 3. clip or threshold x0
         if self.config.thresholding:
             x0 = threshold_sample(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)

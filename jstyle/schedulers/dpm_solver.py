@@ -26,6 +26,7 @@ from .common import (
     per_sample,
     schedule_index,
     threshold_sample,
+    vp_x0_eps,
 )
 
 __all__ = ["DPMSolverMultistepScheduler", "DPMSolverConfig"]
@@ -145,14 +146,11 @@ class DPMSolverMultistepScheduler:
 
     def convert_model_output(self, model_output: jt.Var, sample: jt.Var) -> jt.Var:
         """The data prediction x_theta(x_t, t) that DPM-Solver++ integrates (x0 from eps, v or x0)."""
+        # The VP relations of common.vp_x0_eps, with DPM-Solver's own alpha_t, sigma_t: derived from the schedule's
+        # sigma = sigma_t / alpha_t (alpha_sigma), which rounds differently from sqrt(abar), sqrt(1 - abar) and also
+        # serves the final sigma (0 or sigma_min), which is not on the training grid.
         alpha_t, sigma_t = alpha_sigma(self.sigmas[self.step_index])
-        kind = self.config.prediction_type
-        if kind == "epsilon":  # x0 = (x_t - sigma_t eps) / alpha_t
-            x0 = (sample - float(sigma_t) * model_output) / float(alpha_t)
-        elif kind == "v_prediction":  # x0 = alpha_t x_t - sigma_t v
-            x0 = float(alpha_t) * sample - float(sigma_t) * model_output
-        else:
-            x0 = model_output
+        x0, _ = vp_x0_eps(model_output, sample, float(alpha_t), float(sigma_t), self.config.prediction_type)
         if self.config.thresholding:
             x0 = threshold_sample(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
         return x0

@@ -121,7 +121,8 @@ class EulerAncestralDiscreteScheduler:
         dtype = model_output.dtype
         sample = sample.float32()
         sigma, sigma_to = self.sigmas[self.step_index], self.sigmas[self.step_index + 1]
-        # 1. x0 from the model output at noise level sigma
+        # 1. x0 from the model output at noise level sigma. Not common.vp_x0_eps: this sample is variance-exploding,
+        #    x = x0 + sigma eps (the VP sample / sqrt(abar)), so the relations and their roundings differ.
         if self.config.prediction_type == "epsilon":  # x0 = x - sigma eps
             x0 = sample - float(sigma) * model_output
         else:  # v: x0 = c_out v + c_skip x, c_out = -sigma / sqrt(sigma^2 + 1), c_skip = 1 / (sigma^2 + 1)

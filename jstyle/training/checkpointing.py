@@ -1,6 +1,7 @@
 """Gradient checkpointing for Jittor modules: keep a block's inputs, drop its activations after the forward pass
 and recompute them when the backward pass reaches the block (Chen et al. 2016, "Training deep nets with
-sublinear memory cost"). Jittor has no built-in one; this is a `jt.Function` whose `grad` re-runs the block.
+sublinear memory cost"). Jittor has no built-in one; this is a `jt.Function` whose `grad` re-runs the block,
+installed as a forward wrapper (jstyle.models.hooks) on each ResNet and transformer block.
 
     enable_gradient_checkpointing(unet)   # as diffusers' unet.enable_gradient_checkpointing()
     grads = jt.grad(loss, params)
@@ -21,7 +22,7 @@ from ..errors import ConfigError
 __all__ = ["checkpoint", "enable_gradient_checkpointing", "disable_gradient_checkpointing",
            "is_gradient_checkpointing", "run_backward"]
 
-_ORIGINAL = "_jstyle_checkpoint_original_execute"
+_HANDLE = "_jstyle_checkpoint_handle"  # the block's forward-wrapper handle (jstyle.models.hooks)
 _TAPE = "_jstyle_checkpoint_tape"
 
 
@@ -103,8 +104,10 @@ def checkpoint(fn: Callable[..., jt.Var], inputs: Sequence[jt.Var], params: Sequ
     return op(*inputs, *params)
 
 
-def _checkpointed(module: nn.Module, original: Callable[..., jt.Var], tape: _Tape) -> Callable[..., jt.Var]:
-    def execute(*args: Any, **kwargs: Any) -> jt.Var:
+def _checkpointed(module: nn.Module, tape: _Tape) -> Callable[..., jt.Var]:
+    """A forward wrapper (jstyle.models.hooks) that runs `module` through `checkpoint` in training."""
+
+    def wrapper(original: Callable[..., jt.Var], *args: Any, **kwargs: Any) -> jt.Var:
         if not module.is_training() or jt.flags.no_grad:
             return original(*args, **kwargs)
         _check_no_random_dropout(module)
@@ -126,7 +129,7 @@ def _checkpointed(module: nn.Module, original: Callable[..., jt.Var], tape: _Tap
         params = [p for p in module.parameters() if not p.is_stop_grad()]
         return checkpoint(run, tensors, params, _rng_owners(module), tape)
 
-    return execute
+    return wrapper
 
 
 def _targets(model: nn.Module) -> list[nn.Module]:
@@ -142,10 +145,8 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     blocks = _targets(model)
     tape = model.__dict__.setdefault(_TAPE, _Tape())
     for m in blocks:
-        if _ORIGINAL not in m.__dict__:
-            original = m.execute
-            setattr(m, _ORIGINAL, original)
-            m.execute = _checkpointed(m, original, tape)
+        if _HANDLE not in m.__dict__:
+            m.__dict__[_HANDLE] = m.register_forward_wrapper(_checkpointed(m, tape))
     return len(blocks)
 
 
@@ -170,11 +171,11 @@ def disable_gradient_checkpointing(model: nn.Module) -> None:
     """Undo `enable_gradient_checkpointing`."""
     model.__dict__.pop(_TAPE, None)
     for m in _targets(model):
-        if _ORIGINAL in m.__dict__:
-            del m.execute
-            delattr(m, _ORIGINAL)
+        handle = m.__dict__.pop(_HANDLE, None)
+        if handle is not None:
+            handle.remove()
 
 
 def is_gradient_checkpointing(model: nn.Module) -> bool:
     """Whether any block of `model` is checkpointed."""
-    return any(_ORIGINAL in m.__dict__ for m in _targets(model))
+    return any(_HANDLE in m.__dict__ for m in _targets(model))

@@ -15,7 +15,6 @@ from jstyle import load_pipeline
 from jstyle.errors import ConfigError, InputError
 from jstyle.methods import diffstyle as ds
 from jstyle.methods.inversion import ddim_invert, ddim_sample
-from jstyle.methods.styleid import _as_latents
 
 from ..tolerance import UINT8, assert_at_most, assert_close, f32_bound
 from .conftest import reference_npz
@@ -60,7 +59,7 @@ def test_gamma_zero_without_boost_is_the_style_reconstruction(setup):
     cfg = ds.DiffStyleConfig(gamma=0.0, t_boost=0, steps=10, start_step=3)
     got = ds.diffstyle(pipe, content, style, cfg)
     ctx = pipe.encode_prompt("")
-    x_t = ddim_invert(pipe, _as_latents(pipe, style), ctx, 10, num_inversion_steps=3)[-1]
+    x_t = ddim_invert(pipe, pipe.encode_uint8(style), ctx, 10, num_inversion_steps=3)[-1]
     want = pipe.decode_latents(ddim_sample(pipe, x_t, ctx, 10, 3))
     assert_close(got, want[0], atol=UINT8, what="both images: the style's trajectory")  # uint8 rounding
     assert got.shape == (2, 16, 16, 3)
@@ -81,10 +80,10 @@ def test_parity_with_pytorch_reference(setup, tiny_ref, tmp_path_factory, kind):
     ref = reference_npz(REF, "diffstyle", key, inputs, tiny_ref / kind, tmp_path_factory)
     ctx = pipe.encode_prompt("")
     n = len(content)
-    x_t = ddim_invert(pipe, _as_latents(pipe, style), ctx, CFG.steps, num_inversion_steps=CFG.start_step)[-1]
+    x_t = ddim_invert(pipe, pipe.encode_uint8(style), ctx, CFG.steps, num_inversion_steps=CFG.start_step)[-1]
     # float32 rounding of 1152-term reductions (up-block convs) on values ~1, over the inversion's steps
     assert_close(x_t.numpy(), ref["x_T"], atol=CFG.start_step * f32_bound(1152, 1.0), what="x_T")
-    h = ds._record_content_h(pipe, _as_latents(pipe, content), jt.concat([ctx] * n), CFG)
+    h = ds._record_content_h(pipe, pipe.encode_uint8(content), jt.concat([ctx] * n), CFG)
     latents = ds._sample(pipe, jt.concat([x_t] * n), jt.concat([ctx] * n), h, CFG)
     # the same model of rounding over the inversion and the sampling: measured 1.6e-5 (sd1), 5.4e-6 (sd2)
     assert_close(latents.numpy(), ref["latents"], atol=2 * CFG.start_step * f32_bound(1152, 1.0), what="latents")

@@ -17,6 +17,7 @@ from jstyle.methods.ip_adapter import (
     IPAttnProcessor,
     get_ip_adapter,
     ip_adapter_embeds,
+    ip_adapter_image_prompt,
     load_ip_adapter,
     set_ip_adapter_image,
     set_ip_adapter_scale,
@@ -89,6 +90,10 @@ def test_unet_with_image_tokens_and_pipelines_match_diffusers(ref, pipe):
         kw = dict(strength=0.7, num_inference_steps=3, posterior_noise=r["posterior_noise"], noise=r["noise"])
         edited = img2img(pipe, r["init"], "a cat", ip_adapter_image=r["image"], **kw)
         assert_at_most(np.abs(edited.astype(int) - r["img2img"].astype(int)).mean(), UINT8, "ip img2img")
+        set_ip_adapter_image(pipe, None)
+        with ip_adapter_image_prompt(pipe, r["image"]):  # an image prompt for the block only
+            assert adapter.tokens_for(2).shape[0] == 2
+        assert adapter.tokens_for(2) is None
         set_ip_adapter_scale(pipe, 0.0)
         zero = pipe.text_to_image("a cat", num_inference_steps=3, height=16, width=16, latents=lat)
         edited_zero = img2img(pipe, r["init"], "a cat", ip_adapter_image=r["image"], **kw)

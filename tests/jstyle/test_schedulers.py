@@ -221,3 +221,33 @@ def test_text_to_image_matches_diffusers(name, tiny_ref, sched_ref, refs):
     diff = np.abs(images / 255.0 - expected)
     assert_at_most(diff.mean(), UINT8 / 255, f"{name} mean image difference")
     assert_at_most(diff.max(), 2 * UINT8 / 255, f"{name} max image difference")
+
+
+def test_shared_diffusion_math():
+    """common.predict_x0_eps inverts x_t = sqrt(abar) x0 + sqrt(1 - abar) eps for every prediction type, and
+    ddim_step / ddim_sigma are DDIM eq. 12 / 16 (numpy float64 as the reference)."""
+    from jstyle.schedulers.common import ddim_sigma, ddim_step, predict_x0_eps
+
+    rng = np.random.default_rng(0)
+    x0, eps, z = (rng.standard_normal((2, 4, 3, 3)) for _ in range(3))
+    a, a_prev = np.float32(0.3), np.float32(0.6)
+    xt = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
+    outputs = {"epsilon": eps, "sample": x0, "v_prediction": np.sqrt(a) * eps - np.sqrt(1 - a) * x0}
+    for kind, out in outputs.items():
+        got = predict_x0_eps(jt.array(out.astype(np.float32)), jt.array(xt.astype(np.float32)), a, kind)
+        # a few float32 operations on values ~3, divided by sqrt(abar) >= 0.55: within 8 eps32 of 5
+        for g, want in zip(got, (x0, eps), strict=True):
+            assert_close(g.numpy(), want, atol=8 * EPS32 * 5, what=kind)
+    with pytest.raises(ConfigError, match="prediction_type 'flow' unknown"):
+        predict_x0_eps(jt.array(eps), jt.array(xt), a, "flow")
+    sigma = ddim_sigma(a, a_prev, 0.5)
+    want_sigma = 0.5 * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+    assert sigma.dtype == np.float32 and abs(float(sigma) - want_sigma) < 4 * EPS32  # four float32 roundings
+    j = [jt.array(v.astype(np.float32)) for v in (x0, eps, z)]
+    want = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - want_sigma**2) * eps + want_sigma * z
+    assert_close(ddim_step(*j[:2], a_prev, sigma, j[2]).numpy(), want, atol=8 * EPS32 * 5)  # as above
+    want = np.sqrt(a_prev) * x0 + 0.5 * np.sqrt(1 - a_prev) * eps  # sigma 0, the direction term halved
+    assert_close(ddim_step(*j[:2], a_prev, direction_scale=0.5).numpy(), want, atol=8 * EPS32 * 5)
+    # eta > 1 asks for sigma^2 > 1 - a_prev: the direction term is clamped to 0, not NaN
+    assert_close(ddim_step(*j[:2], a_prev, ddim_sigma(a, a_prev, 3.0)).numpy(), np.sqrt(a_prev) * x0,
+                 atol=8 * EPS32 * 5)

@@ -181,3 +181,20 @@ def test_cli_style_dir_writes_and_skips(tiny_ref, inputs, tmp_path, capsys):
     capsys.readouterr()
     assert sdedit.main(args) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_img2img_shares_text_to_image_input_checks(pipes, inputs):
+    """Both go through StableDiffusion.prompt_context / sampler: the same one-line errors, before any UNet step."""
+    pipe, image = pipes["sd1"], inputs["image"]
+    cases = [(dict(negative_prompt=["a", "b"]), "2 negative prompts for 1 prompts"),
+             (dict(scheduler="euler_a", eta=0.5), "eta is a DDIM setting; scheduler 'euler_a'"),
+             (dict(num_inference_steps=2.5), r"num_inference_steps must be an integer in 1\.\.1000, got 2\.5"),
+             (dict(guidance_scale=-1.0), "guidance_scale must be >= 0, got -1")]
+    for kwargs, message in cases:
+        for run in (lambda kw: img2img(pipe, image, PROMPT, **kw),
+                    lambda kw: pipe.text_to_image(PROMPT, height=16, width=16, **kw)):
+            with pytest.raises(InputError, match=message) as e:
+                run(kwargs)
+            assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="no prompts given"):
+        img2img(pipe, image, [])

@@ -40,7 +40,7 @@ def setup(tiny_ref):
 
 
 def _latents(pipe, images):
-    return styleid._as_latents(pipe, images)
+    return pipe.encode_uint8(images)
 
 
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
