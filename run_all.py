@@ -1,8 +1,9 @@
 """The whole job: per style, train its LoRA -> generate content per prompt -> inject the style ->
 <out>/<style>/<Prompt>.png (512x512 RGB), on one or many GPUs (or CPU workers), resumable.
 
-Thin wiring over jstyle.jobs (plan, stages, workers). `--demo` runs everything on a tiny random model
-with the demo data in demo/data on CPU, then scores with check.sh and packages the submission.
+Thin wiring over jstyle.jobs (plan, stages, workers). `--demo` runs everything on the demo model in demo/model
+(a toy trained on shapes and textures at 64 px) with the demo data in demo/data on CPU, then scores with check.sh
+and packages the submission.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-# --demo's settings: small enough for a 2-core CPU in minutes (any flag overrides them)
-DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=4, train_steps=8, styleid_steps=4,
-            diffstyle_steps=4, sdedit_steps=4, guidance=7.5)
+# --demo's settings: the demo model's 64 px, small enough for a 2-core CPU in minutes (any flag overrides them)
+DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=20, train_steps=50, styleid_steps=20,
+            diffstyle_steps=20, sdedit_steps=20, guidance=5.0)
+DEMO_MODEL = ROOT / "demo" / "model"  # made by scripts/train_demo_model.py
 HELP_ONLY = ("demo", "config", "no_progress", "no_check", "no_package", "list_recipes")  # not run settings
 CONFIG_ONLY = ("train_settings",)  # --config keys without a flag: LoRATrainConfig fields over the preset
 
@@ -39,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n\n")[0],
                                 epilog=f"methods (--method):\n{methods}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--demo", action="store_true", help="tiny random model on demo/data (CPU, minutes), then score; "
+    p.add_argument("--demo", action="store_true", help="the demo model on demo/data (CPU, minutes), then score; "
                    "its settings: " + ", ".join(f"{k}={v}" for k, v in DEMO.items()))
     p.add_argument("--recipe", help="a whole run from jstyle.recipes (" + ", ".join(recipes.RECIPES)
                    + "); --config keys and flags override its settings")
@@ -48,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "\"styleid_gamma\", and \"train_settings\": {LoRATrainConfig field: value} over the preset); "
                    "flags given on the command line override it")
     p.add_argument("--data", type=Path, help="dataset: <style>/images/*, <style>/prompt.json (default demo/data)")
-    p.add_argument("--model", type=Path, help="diffusers Stable Diffusion folder (--demo: a tiny random one)")
+    p.add_argument("--model", type=Path, help="diffusers Stable Diffusion folder (--demo: demo/model)")
     p.add_argument("--out", type=Path, help="results folder (default outputs/demo, or outputs/<method>)")
     p.add_argument("--method", choices=list(registry.METHODS), help="style-transfer method, listed below"
                    + dflt("method"))
@@ -159,8 +161,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from jstyle.data import list_styles, read_prompts
     from jstyle.errors import ConfigError
     from jstyle.jobs import parse_workers, run_graph
@@ -172,13 +172,7 @@ def run(args: argparse.Namespace) -> int:
     if not s.get("model"):
         if not args.demo:
             raise ConfigError("--model DIR is required (a diffusers Stable Diffusion folder), or use --demo")
-        from jstyle.tiny import write_tiny_pipeline
-
-        home = Path(os.environ.get("JSTYLE_HOME", Path.home() / ".cache" / "jstyle"))
-        model = home / "models" / "tiny-sd2-seed0"
-        if not (model / "model_index.json").exists():
-            write_tiny_pipeline(model, kind="sd2", seed=0)
-        s["model"] = str(model)
+        s["model"] = str(DEMO_MODEL)
     s["model"] = str(s["model"])
     data, out = Path(s["data"]), Path(s["out"])
     wanted = s.pop("styles", None)  # a flag's "00-14" or a config file's list
