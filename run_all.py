@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--address", help="ray cluster address, e.g. auto (with --backend ray)")
     p.add_argument("--size", type=int, help="generation size in pixels (outputs are saved 512x512)" + dflt("size"))
     p.add_argument("--steps", type=int, help="text-to-image DDIM steps" + dflt("steps"))
+    p.add_argument("--prompt-template", help="content prompt per object word: {obj} (the word alone) or {instance} "
+                   "(the style LoRA's instance prompt) in any text (default: the method's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance" + dflt("guidance"))
     p.add_argument("--seed", type=int, help="seed of every stage" + dflt("seed"))
     p.add_argument("--train-steps", type=int, help="LoRA steps (default: the preset's, 500 for baseline)")

@@ -19,7 +19,7 @@ from .graph import Task, TaskGraph
 
 __all__ = ["RunConfig", "build_graph", "instance_prompt", "lora_path", "content_path", "final_path"]
 
-REFERENCE_RULES = ("first", "nearest")
+REFERENCE_RULES = ("first", "nearest", "random")  # jstyle.methods.reference.RULES
 # settings that do not change any output (left out of the manifest's config hash)
 RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "gradient_checkpointing")
 
@@ -39,12 +39,13 @@ class RunConfig:
     preset: str = "baseline"  # LoRA recipe: jstyle.training.PRESETS
     size: int = 512  # generation size in pixels (outputs are always saved at 512x512)
     steps: int = 25  # text-to-image DDIM steps
+    prompt_template: str | None = None  # the content prompt: "{obj}", "{instance}" (the LoRA's); None = the method's
     guidance: float = 7.5
     seed: int = 0
     train_steps: int | None = None  # None = the preset's
     train_size: int | None = None  # None = size
     gradient_checkpointing: bool = False  # LoRA training: recompute UNet blocks (less memory, same result)
-    reference: str = "first"  # which reference image the injection uses: first | nearest
+    reference: str = "first"  # which reference image the injection uses: first | nearest | random
     devices: str = "auto"
     backend: str = "local"
     address: str | None = None
@@ -56,6 +57,12 @@ class RunConfig:
         method = registry.get(self.method)
         if self.reference not in REFERENCE_RULES:
             raise ConfigError(f"--reference {self.reference!r}: use one of {', '.join(REFERENCE_RULES)}")
+        if self.prompt_template is not None:
+            try:
+                self.prompt_template.format(**{k: "x" for k in registry.PROMPT_FIELDS})
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"--prompt-template {self.prompt_template!r}: field {e} unknown; use {{obj}} or "
+                                  "{instance}") from None
         if self.backend not in ("local", "ray"):
             raise ConfigError(f"--backend {self.backend!r}: use local or ray")
         for name in ("size", "steps"):
@@ -117,7 +124,7 @@ class RunConfig:
 
     def prompt(self, style: str, obj: str) -> str:
         """The text prompt of object word `obj` in `style` (the method's template; {instance}: the LoRA's)."""
-        template = self.method_entry.prompt
+        template = self.prompt_template or self.method_entry.prompt
         instance = instance_prompt(self.preset, style, obj) if "{instance}" in template else ""
         return template.format(obj=obj, instance=instance)
 

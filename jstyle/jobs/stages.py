@@ -107,7 +107,8 @@ def inject(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, An
     _use_lora(pipe, ctx, task.style if method.inject_lora else None)
     job = InjectJob(settings=cfg.method_settings(), style=task.style, prompt=cfg.prompt(task.style, task.prompt),
                     content=content, references=list_images(Path(cfg.data) / task.style),
-                    reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance, seed=cfg.seed, cache=ctx.cache)
+                    reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance, seed=cfg.seed, obj=task.prompt,
+                    cache=ctx.cache)
     image, info = method.inject_function()(pipe, job)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)
     return info
