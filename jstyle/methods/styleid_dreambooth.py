@@ -35,7 +35,6 @@ JSTYLEID = dict(
     prompt_template="{obj}",  # run_all.py::text2image_worker: pipe(prompt, ...), "in style_" commented out
     steps=50,  # num_inference_steps=50
     guidance=7.5,  # the pipeline's default guidance_scale
-    scheduler="ddim",  # jstyle's DDIM from the model's scheduler config (the seed: the folder's scheduler)
     seed=0,  # start latents default_rng(seed) (the seed: unseeded Jittor noise)
     reference="random",  # np.random.randint over the style's images -> the seeded per-prompt draw
     styleid_variant="diffusers",  # run_styleid_diffusers.py with config.py's defaults
