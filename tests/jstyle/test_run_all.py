@@ -145,8 +145,8 @@ def test_config_hash_covers_the_methods_own_settings_only():
     assert base.hashed() != RunConfig(data="d", model="m", out="o", method="styleid",
                                       settings={"styleid_T": 2.0}).hashed()
     diff = RunConfig(data="d", model="m", out="o", method="diffstyle", seed=3, settings={"diffstyle_steps": 4})
-    got = diff.method_settings()  # run_all's DiffStyle as before: steps - 1 denoised, no boosting, the run's seed
-    assert (got.steps, got.start_step, got.t_boost, got.seed, got.gamma) == (4, 3, 0, 3, 0.3)
+    got = diff.method_settings()  # run_all's DiffStyle: the artistic recipe (no boosting), the run's seed
+    assert (got.recipe, got.steps, got.inv_steps, got.t_boost, got.seed, got.gamma) == ("artistic", 4, 4, 0, 3, 0.4)
     assert RunConfig.from_dict(diff.to_dict()) == diff
 
 

@@ -141,3 +141,22 @@ def test_jstyleid_matches_the_seed_reference(lora_setup, tiny_ref, tmp_path_fact
     for k, image in enumerate(got):
         mine = stylize(pipe, contents[k][None], np.asarray(Image.open(ordered[chosen[k]])), cfg)[0]
         assert_close(image, mine, atol=UINT8, what=f"jstyleid of {prompts[k]} = its two stages")
+
+
+def test_jstyleid_settings_are_run_all_flags():
+    """Everything JSTYLEID holds is reachable as run_all flags (the recipe table resolves to the same)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import run_all
+
+    argv = ["--method", "styleid_dreambooth", "--prompt-template", "{obj}", "--steps", "50", "--guidance", "7.5",
+            "--seed", "0", "--reference", "random", "--styleid-variant", "diffusers", "--styleid-gamma", "0.75",
+            "--styleid-T", "1.5", "--data", "d", "--model", "m", "--out", "o"]
+    given = run_all.settings(run_all.parse_args(argv))
+    assert {k: given[k] for k in JSTYLEID} == JSTYLEID
+    assert RunConfig.from_dict({k: str(v) if isinstance(v, Path) else v for k, v in given.items()}) == \
+        RunConfig.from_dict({"data": "d", "model": "m", "out": "o", **JSTYLEID})
+    paper = run_all.settings(run_all.parse_args([*argv, "--styleid-variant", "paper", "--styleid-steps", "6"]))
+    s = RunConfig.from_dict({k: str(v) if isinstance(v, Path) else v for k, v in paper.items()}).method_settings()
+    assert (s.variant, s.steps, s.start_step, s.adain_eps) == ("paper", 6, 5, 0.0)
