@@ -75,8 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      f"--method {', '.join(m.name for m in users)})")
         for st in registry.settings_of(cls):
             kind = dict(action=argparse.BooleanOptionalAction) if st.type is bool else dict(type=st.type)
-            group.add_argument(st.flag, dest=st.key, metavar=st.field.upper(), help=f"{st.help} (default {st.default})",
-                               **kind)
+            group.add_argument(st.flag, dest=st.key, metavar=st.field.upper(),
+                               help=f"{st.help} (default {st.shown_default})", **kind)
     return p.parse_args(argv)
 
 

@@ -59,22 +59,26 @@ class DiffStyleConfig:
     steps and inv_steps (None = the recipe's); a value given explicitly wins."""
 
     recipe: str = field(default=DEFAULT_RECIPE, metadata={"help": (
-        "DiffStyle recipe (the official README's): artistic (default: the style references are artworks; gamma "
-        "0.4, no boosting, dt_lambda 1, 1000/1000 steps) or in-domain (gamma 0.3, t_boost 200, dt_lambda 0.9985, "
-        "1000 steps from a 50-step inversion); it sets the defaults of the other DiffStyle settings")})
+        "DiffStyle recipe (the official README's): artistic (gamma 0.4, no boosting, dt_lambda 1, 1000/1000 steps) "
+        "or in-domain (gamma 0.3, t_boost 200, dt_lambda 0.9985, 1000 steps from a 50-step inversion); it presets "
+        "the other DiffStyle settings. artistic unless given: the challenge's style references are artworks")})
     gamma: float | None = field(default=None, metadata={"help": "DiffStyle content injection ratio hs_coeff in "
-                                                                "[0, 1] (0 = the style's own trajectory)"})
+                                                                "[0, 1] (0 = the style's own trajectory)",
+                                                        "default": "the recipe's: artistic 0.4, in-domain 0.3"})
     t_edit: int = field(default=400, metadata={"help": "DiffStyle: inject h on replace steps with t >= t_edit"})
     t_boost: int | None = field(default=None, metadata={"help": "DiffStyle quality boosting t_noise: DDIM eta 1 on "
-                                                                "replace steps with t <= t_boost"})
-    omega: float = field(default=0.0, metadata={"help": "DiffStyle style calibration weight (0 = off, the official "
-                                                        "default; > 0 re-runs the UNet on the calibrated latent)"})
+                                                                "replace steps with t <= t_boost",
+                                                        "default": "the recipe's: artistic 0, in-domain 200"})
+    omega: float = field(default=0.0, metadata={"help": "DiffStyle style calibration weight (0 = off, as main.py; "
+                                                        "> 0 re-runs the UNet on the calibrated latent)"})
     dt_lambda: float | None = field(default=None, metadata={"help": "DiffStyle direction-term scale on replace steps "
-                                                                    "with t >= dt_end"})
+                                                                    "with t >= dt_end",
+                                                            "default": "the recipe's: artistic 1, in-domain 0.9985"})
     dt_end: int = field(default=950, metadata={"help": "DiffStyle: dt_lambda applies for t >= dt_end"})
-    steps: int | None = field(default=None, metadata={"help": "DiffStyle generation steps n_gen_step"})
-    inv_steps: int | None = field(default=None, metadata={"help": "DiffStyle inversion steps n_inv_step "
-                                                                  "(artistic: = steps)"})
+    steps: int | None = field(default=None, metadata={"help": "DiffStyle generation steps n_gen_step",
+                                                      "default": "the recipe's: 1000"})
+    inv_steps: int | None = field(default=None, metadata={"help": "DiffStyle inversion steps n_inv_step",
+                                                          "default": "the recipe's: artistic = steps, in-domain 50"})
     content_replace_step: int = field(default=50, metadata={"help": "DiffStyle: inject/boost only on the labels of "
                                                                     "a CONTENT_REPLACE_STEP-step schedule (0: all)"})
     t_0: int = 999  # the noisiest label of inversion and generation

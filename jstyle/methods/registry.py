@@ -91,6 +91,7 @@ class Setting:
     type: type
     default: Any
     help: str
+    shown_default: str = ""  # the default as --help says it (metadata "default" where the dataclass fills it in)
 
     @property
     def flag(self) -> str:
@@ -159,7 +160,8 @@ def settings_of(cls: type) -> list[Setting]:
         kind = _flag_type(hints[f.name])
         if kind not in (int, float, str, bool):
             raise ConfigError(f"{cls.__name__}.{f.name}: a flag needs an int, float, str or bool field")
-        found.append(Setting(f"{prefix_of(cls)}_{f.name}", f.name, kind, f.default, f.metadata["help"]))
+        found.append(Setting(f"{prefix_of(cls)}_{f.name}", f.name, kind, f.default, f.metadata["help"],
+                             str(f.metadata.get("default", f.default))))
     return found
 
 

@@ -63,17 +63,17 @@ class StyleIDConfig:
     the variant's); a value given explicitly wins. layers: module prefixes holding the injected attn1 layers."""
 
     variant: str = field(default=DEFAULT_VARIANT, metadata={"help": (
-        "StyleID variant, the authors' two programs: diffusers (default: their diffusers implementation, the only "
-        "official code for SD 2.x, the challenge's base; 20 steps inverted and sampled, 5 layers, AdaIN std + "
-        "1e-4) or paper (the LDM code behind the paper: 50-step inversion to t = 999 at own labels, 49 sampled, "
-        "6 layers); it sets the defaults of the other StyleID settings")})
+        "StyleID variant, the authors' two programs: diffusers (their diffusers implementation: 20 steps inverted "
+        "and sampled, 5 layers, AdaIN std + 1e-4) or paper (the LDM code behind the paper: 50-step inversion to "
+        "t = 999 at own labels, 49 sampled, 6 layers); it presets the other StyleID settings. diffusers unless "
+        "given: it is the only official code for SD 2.x, and the challenge's base is SD 2.1")})
     gamma: float = field(default=0.75, metadata={"help": "StyleID query preservation: "
                                                          "Q = gamma Q_c + (1 - gamma) Q_cs"})
     T: float = field(default=1.5, metadata={"help": "StyleID attention temperature: softmax(T Q K^T / sqrt(d))"})
-    steps: int | None = field(default=None, metadata={"help": "StyleID DDIM steps (default: the variant's, "
-                                                              "diffusers 20, paper 50)"})
-    start_step: int | None = field(default=None, metadata={"help": "StyleID steps sampled, <= steps (default: the "
-                                                                   "variant's, diffusers all, paper steps - 1)"})
+    steps: int | None = field(default=None, metadata={"help": "StyleID DDIM steps",
+                                                      "default": "the variant's: diffusers 20, paper 50"})
+    start_step: int | None = field(default=None, metadata={"help": "StyleID steps sampled, <= steps",
+                                                           "default": "the variant's: diffusers all, paper steps - 1"})
     layers: tuple[str, ...] | None = None  # module prefixes of the injected attn1 layers (None: the variant's)
     adain_eps: float | None = None  # AdaIN: (z_c - m_c) / (s_c + eps) (None: the variant's, 1e-4 / 0)
     adain: bool = True  # initial-latent AdaIN

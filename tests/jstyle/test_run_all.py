@@ -114,7 +114,7 @@ def test_help_prints_each_default_once_from_its_source(capsys):
             at = text.index(st.flag + " " + st.field.upper() + " ")
             end = text.find(" --", at + 3)
             entry = text[at:end if end > 0 else text.index("methods (--method):", at)]
-            assert entry.count("default") == 1 and f"(default {st.default})" in entry, entry
+            assert entry.count("default") == 1 and f"(default {st.shown_default})" in entry, entry
     assert {"--styleid-T", "--styleid-steps", "--diffstyle-steps", "--sdedit-strength"} <= set(text.split())
     for f in dataclasses.fields(RunConfig):
         if f.name in ("size", "steps", "guidance", "seed", "retries", "method"):
