@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "training in fp16 mixed precision, dynamic loss scale), float32 on CPU" + dflt("dtype"))
     p.add_argument("--size", type=int, help="generation size in pixels (outputs are saved 512x512)" + dflt("size"))
     p.add_argument("--steps", type=int, help="text-to-image steps" + dflt("steps"))
+    p.add_argument("--prompt-template", help="content prompt per object word: {obj} (the word alone) or {instance} "
+                   "(the style LoRA's instance prompt) in any text (default: the method's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance" + dflt("guidance"))
     p.add_argument("--scheduler", help="text-to-image and SDEdit sampler: ddim, ddpm, dpm++2m, euler_a, or model "
                    "(the model's scheduler_config.json class)" + dflt("scheduler"))
@@ -91,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      f"--method {', '.join(m.name for m in users)})")
         for st in registry.settings_of(cls):
             kind = dict(action=argparse.BooleanOptionalAction) if st.type is bool else dict(type=st.type)
-            group.add_argument(st.flag, dest=st.key, metavar=st.field.upper(), help=f"{st.help} (default {st.default})",
-                               **kind)
+            group.add_argument(st.flag, dest=st.key, metavar=st.field.upper(),
+                               help=f"{st.help} (default {st.shown_default})", **kind)
     return p.parse_args(argv)
 
 

@@ -55,7 +55,7 @@ def one(method: str, model: Path, size: int, steps: int, device: str = "cpu", dt
     elif method == "diffstyle":
         from jstyle.methods.diffstyle import DiffStyleConfig, diffstyle
 
-        diffstyle(pipe, content, style, DiffStyleConfig(steps=steps, start_step=steps - 1))
+        diffstyle(pipe, content, style, DiffStyleConfig(steps=steps, inv_steps=steps))  # the artistic recipe
     result = {"method": method, "seconds": round(time.perf_counter() - start, 3), "peak_rss_mb": peak_rss_mb(),
               **device_memory_mb()}
     emit(result)

@@ -20,7 +20,7 @@ from .graph import Task, TaskGraph
 __all__ = ["RunConfig", "build_graph", "instance_prompt", "scheduler_name", "lora_path", "content_path",
            "final_path"]
 
-REFERENCE_RULES = ("first", "nearest")
+REFERENCE_RULES = ("first", "nearest", "random")  # jstyle.methods.reference.RULES
 DTYPES = ("auto", "float32", "float16")  # auto: float16 on CUDA (LoRA training in fp16 mixed precision), else float32
 # settings that do not change any output (left out of the manifest's config hash); a recipe's name is only a label:
 # the hash covers the settings it resolves to, so a recipe and the same settings given as flags resume each other
@@ -50,6 +50,7 @@ class RunConfig:
     dtype: str = "auto"  # the base model's dtype in every stage (DTYPES)
     size: int = 512  # generation size in pixels (outputs are always saved at 512x512)
     steps: int = 25  # text-to-image steps
+    prompt_template: str | None = None  # the content prompt: "{obj}", "{instance}" (the LoRA's); None = the method's
     guidance: float = 7.5
     scheduler: str = "ddim"  # text-to-image and SDEdit sampler: jstyle.schedulers.SCHEDULERS, or "model"
     seed: int = 0
@@ -58,7 +59,7 @@ class RunConfig:
     train_steps: int | None = None  # None = the preset's
     train_size: int | None = None  # None = size
     gradient_checkpointing: bool = False  # LoRA training: recompute UNet blocks (less memory, same result)
-    reference: str = "first"  # which reference image the injection uses: first | nearest
+    reference: str = "first"  # which reference image the injection uses: first | nearest | random
     devices: str = "auto"
     backend: str = "local"
     address: str | None = None
@@ -70,6 +71,12 @@ class RunConfig:
         method = registry.get(self.method)
         if self.reference not in REFERENCE_RULES:
             raise ConfigError(f"--reference {self.reference!r}: use one of {', '.join(REFERENCE_RULES)}")
+        if self.prompt_template is not None:
+            try:
+                self.prompt_template.format(**{k: "x" for k in registry.PROMPT_FIELDS})
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"--prompt-template {self.prompt_template!r}: field {e} unknown; use {{obj}} or "
+                                  "{instance}") from None
         if self.backend not in ("local", "ray"):
             raise ConfigError(f"--backend {self.backend!r}: use local or ray")
         for name in ("size", "steps"):
@@ -146,7 +153,7 @@ class RunConfig:
 
     def prompt(self, style: str, obj: str) -> str:
         """The text prompt of object word `obj` in `style` (the method's template; {instance}: the LoRA's)."""
-        template = self.method_entry.prompt
+        template = self.prompt_template or self.method_entry.prompt
         instance = instance_prompt(self.preset, style, obj, self.train_settings) if "{instance}" in template else ""
         return template.format(obj=obj, instance=instance)
 

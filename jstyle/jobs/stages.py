@@ -118,7 +118,7 @@ def inject(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, An
     job = InjectJob(settings=cfg.method_settings(), style=task.style, prompt=cfg.prompt(task.style, task.prompt),
                     content=content, references=list_images(Path(cfg.data) / task.style),
                     reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
-                    seed=cfg.inference_seed(task.style), cache=ctx.cache,
+                    seed=cfg.inference_seed(task.style), obj=task.prompt, cache=ctx.cache,
                     scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config))
     image, info = method.inject_function()(pipe, job)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)

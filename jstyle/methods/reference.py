@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,9 @@ import numpy as np
 from ..errors import InputError
 from ..io import read_rgb
 
-__all__ = ["RULES", "colour_signature", "choose_reference"]
+__all__ = ["RULES", "colour_signature", "random_index", "choose_reference"]
 
-RULES = ("first", "nearest")
+RULES = ("first", "nearest", "random")
 
 
 def colour_signature(image: np.ndarray) -> np.ndarray:
@@ -23,9 +24,20 @@ def colour_signature(image: np.ndarray) -> np.ndarray:
     return np.concatenate([thumb.mean(0), thumb.std(0)])
 
 
-def choose_reference(content: np.ndarray, references: list[Path], rule: str = "first") -> Path:
+def random_index(n: int, seed: int, style: str, prompt: str) -> int:
+    """The 'random' rule's index into n sorted references: one fresh generator per (seed, style, prompt), so the
+    draw does not depend on task order or worker (tests/reference/jstyleid_ref.py::pick_reference)."""
+    # index = default_rng([seed, crc32(style), crc32(prompt)]).integers(0, n), crc32 of the UTF-8 bytes
+    rng = np.random.default_rng([seed, zlib.crc32(style.encode("utf-8")), zlib.crc32(prompt.encode("utf-8"))])
+    return int(rng.integers(0, n))
+
+
+def choose_reference(content: np.ndarray | None, references: list[Path], rule: str = "first", *, seed: int = 0,
+                     style: str = "", prompt: str = "") -> Path:
     """'first': the first reference in sorted order (deterministic, same for every prompt);
-    'nearest': the one whose colour signature is closest (L2) to the content image's, ties to the first."""
+    'nearest': the one whose colour signature is closest (L2) to the content image's, ties to the first;
+    'random': a seeded draw per (seed, style, prompt), as the JStyleID seed drew one reference per prompt
+    (`random_index`; `prompt` is the object word as in prompt.json, `style` the style folder's name)."""
     if not references:
         raise InputError("no reference images to choose from")
     if rule not in RULES:
@@ -33,6 +45,10 @@ def choose_reference(content: np.ndarray, references: list[Path], rule: str = "f
     refs = sorted(Path(p) for p in references)
     if rule == "first":
         return refs[0]
+    if rule == "random":
+        return refs[random_index(len(refs), seed, style, prompt)]
+    if content is None:
+        raise InputError("reference rule 'nearest' needs a content image; use first or random")
     target = colour_signature(content)
     dists = [float(np.linalg.norm(colour_signature(read_rgb(p)) - target)) for p in refs]
     return refs[int(np.argmin(dists))]

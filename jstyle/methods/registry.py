@@ -78,6 +78,7 @@ class InjectJob:
     size: int
     guidance: float
     seed: int
+    obj: str = ""  # the object word as in prompt.json ("Bear"): the key of the seeded 'random' reference rule
     cache: dict[Any, Any] = field(default_factory=dict)  # lives as long as the worker (inversions, means)
     scheduler: str = "ddim"  # the run's sampler (jstyle.schedulers.SCHEDULERS) for text-to-image and SDEdit
 
@@ -91,6 +92,7 @@ class Setting:
     type: type
     default: Any
     help: str
+    shown_default: str = ""  # the default as --help says it (metadata "default" where the dataclass fills it in)
 
     @property
     def flag(self) -> str:
@@ -113,19 +115,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sdedit", "img2img (SDEdit) from the pixel mean of the style's references, with its LoRA",
            trains=True, prompt="{instance}", generates=False, inject="jstyle.methods.sdedit:inject",
            settings="jstyle.methods.sdedit:SDEditConfig", inject_lora=True),
+    # StyleID's steps, layers, AdaIN: the --styleid-variant's (jstyle.methods.styleid.VARIANTS)
     Method("styleid", "base-model content, then StyleID attention injection from a reference image",
            trains=False, prompt="{obj}", generates=True, inject="jstyle.methods.styleid:inject",
-           settings="jstyle.methods.styleid:StyleIDConfig",
-           derive=lambda s, run: dict(start_step=max(1, s["steps"] - 1))),  # skip the noisiest step (t = 981)
+           settings="jstyle.methods.styleid:StyleIDConfig"),
+    # the JStyleID seed's pipeline is this method with --prompt-template "{obj}", --steps 50, --reference random
+    # and the diffusers StyleID variant (jstyle.methods.styleid_dreambooth.JSTYLEID)
     Method("styleid_dreambooth", "DreamBooth-LoRA content, then StyleID from a reference image (LoRA off)",
            trains=True, prompt="{instance}", generates=True, inject="jstyle.methods.styleid:inject",
-           settings="jstyle.methods.styleid:StyleIDConfig",
-           derive=lambda s, run: dict(start_step=max(1, s["steps"] - 1))),
+           settings="jstyle.methods.styleid:StyleIDConfig"),
+    # DiffStyle's gamma, t_boost, dt_lambda, steps: the --diffstyle-recipe's (jstyle.methods.diffstyle.RECIPES)
     Method("diffstyle", "base-model content, then DiffStyle h-space injection from a reference image",
            trains=False, prompt="{obj}", generates=True, inject="jstyle.methods.diffstyle:inject",
-           settings="jstyle.methods.diffstyle:DiffStyleConfig",
-           # t_boost 0: no quality boosting, as the paper advises for artistic references
-           derive=lambda s, run: dict(start_step=max(1, s["steps"] - 1), t_boost=0, seed=run.seed)),
+           settings="jstyle.methods.diffstyle:DiffStyleConfig", derive=lambda s, run: dict(seed=run.seed)),
 )}
 
 
@@ -143,6 +145,12 @@ def prefix_of(cls: type) -> str:
     return cls.__name__.removesuffix("Config").lower()
 
 
+def _flag_type(hint: Any) -> Any:
+    """int, float, str or bool, also from `X | None` (None: a default the dataclass fills in, e.g. per variant)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in typing.get_args(hint) else hint
+
+
 def settings_of(cls: type) -> list[Setting]:
     """The fields of a settings dataclass that are run_all flags (those with metadata help)."""
     hints = typing.get_type_hints(cls)
@@ -150,10 +158,11 @@ def settings_of(cls: type) -> list[Setting]:
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             continue
-        kind = hints[f.name]
+        kind = _flag_type(hints[f.name])
         if kind not in (int, float, str, bool):
             raise ConfigError(f"{cls.__name__}.{f.name}: a flag needs an int, float, str or bool field")
-        found.append(Setting(f"{prefix_of(cls)}_{f.name}", f.name, kind, f.default, f.metadata["help"]))
+        found.append(Setting(f"{prefix_of(cls)}_{f.name}", f.name, kind, f.default, f.metadata["help"],
+                             str(f.metadata.get("default", f.default))))
     return found
 
 

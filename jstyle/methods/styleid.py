@@ -6,7 +6,15 @@ inverted latents and, in those layers, attends with Q = gamma Q_c + (1 - gamma) 
 and a temperature T: softmax(T Q K^T / sqrt(d)) V. Everything goes through attention processors; the
 UNet is never forked.
 
-    python -m jstyle.methods.styleid --model DIR --content IMG [IMG ...] --style IMG --out DIR
+Two variants, as the authors' two programs (jiwoogit/StyleID @ d4ea655; docs/methods-sources.md):
+  diffusers (default) diffusers_implementation/: the UNet at label t on the latent at level t - 1000/N, all
+            N = 20 steps inverted and sampled, LDM output blocks 7-11 (5 layers), AdaIN with std + 1e-4.
+            The authors' only code for SD 2.x, the challenge's base model.
+  paper     run_styleid.py + ldm/models/diffusion/ddim.py: inversion over all N = 50 steps at the latent's
+            own label up to alpha-bar[999], sampling the last start_step = 49 labels from there, blocks 6-11
+            (6 layers), AdaIN without epsilon, images truncated (not rounded) to uint8.
+
+    python -m jstyle.methods.styleid --model DIR --content IMG [IMG ...] --style IMG --out DIR [--variant paper]
 """
 
 from __future__ import annotations
@@ -17,73 +25,124 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import jittor as jt
 import numpy as np
 
 from ..cli import run_cli
 from ..errors import ConfigError, InputError
-from ..models.attention import Attention, AttnProcessor
-from ..ops import mean_std
-from .inversion import ddim_invert, ddim_sample
 
-__all__ = [
-    "StyleIDConfig", "StyleFeatures", "RecordProcessor", "InjectProcessor", "adain", "resolve_layers",
-    "invert_style", "stylize", "stylize_latents", "main",
+if TYPE_CHECKING:
+    import jittor as jt
+
+    from ..models.attention import Attention
+
+__all__ = [  # noqa: F822 (RecordProcessor, InjectProcessor: module __getattr__)
+    "StyleIDConfig", "StyleFeatures", "RecordProcessor", "InjectProcessor", "VARIANTS", "adain", "resolve_layers",
+    "official_layers", "inversion_steps", "sampling_timesteps", "invert_style", "stylize", "stylize_latents",
+    "main",
 ]
 
+# The official defaults of each variant (docs/methods-sources.md): DDIM steps, noisiest steps not sampled
+# (start_step = steps - skip), LDM output-block indices (= diffusers up_blocks[i // 3].attentions[i % 3]),
+# AdaIN epsilon on the std, uint8 conversion of the output.
+VARIANTS: dict[str, dict[str, Any]] = {
+    # diffusers_implementation/config.py::get_args, run_styleid_diffusers.py, utils.py::denormalize
+    "diffusers": dict(steps=20, skip=0, layers=(7, 8, 9, 10, 11), adain_eps=1e-4, rounding="round"),
+    # run_styleid.py::main argparse and ::adain, the Image.fromarray(x.astype(np.uint8)) save
+    "paper": dict(steps=50, skip=1, layers=(6, 7, 8, 9, 10, 11), adain_eps=0.0, rounding="trunc"),
+}
+DEFAULT_VARIANT = "diffusers"
 # LDM output blocks 6-11 (the paper's layers) on SD 1.x/2.x.
 PAPER_LAYERS = tuple(f"up_blocks.{b}.attentions.{a}" for b in (2, 3) for a in range(3))
 
 
 @dataclass(frozen=True)
 class StyleIDConfig:
-    """StyleID settings (paper defaults). layers=None: the paper's up_blocks[2..3].attentions[0..2], i.e.
-    the attentions of the last two decoder blocks that have any (on a smaller UNet, those that exist)."""
+    """StyleID settings. `variant` sets the official defaults of steps, start_step, layers and adain_eps (None =
+    the variant's); a value given explicitly wins. layers: module prefixes holding the injected attn1 layers."""
 
+    variant: str = field(default=DEFAULT_VARIANT, metadata={"help": (
+        "StyleID variant, the authors' two programs: diffusers (their diffusers implementation: 20 steps inverted "
+        "and sampled, 5 layers, AdaIN std + 1e-4) or paper (the LDM code behind the paper: 50-step inversion to "
+        "t = 999 at own labels, 49 sampled, 6 layers); it presets the other StyleID settings. diffusers unless "
+        "given: it is the only official code for SD 2.x, and the challenge's base is SD 2.1")})
     gamma: float = field(default=0.75, metadata={"help": "StyleID query preservation: "
                                                          "Q = gamma Q_c + (1 - gamma) Q_cs"})
     T: float = field(default=1.5, metadata={"help": "StyleID attention temperature: softmax(T Q K^T / sqrt(d))"})
-    steps: int = field(default=50, metadata={"help": "StyleID DDIM schedule length (run_all inverts and denoises "
-                                                     "steps - 1, skipping t = 981)"})
-    start_step: int = 49  # steps inverted and denoised (49 of 50 skips t = 981)
-    layers: tuple[str, ...] | None = None  # module prefixes holding the injected attn1 layers
+    steps: int | None = field(default=None, metadata={"help": "StyleID DDIM steps",
+                                                      "default": "the variant's: diffusers 20, paper 50"})
+    start_step: int | None = field(default=None, metadata={"help": "StyleID steps sampled, <= steps",
+                                                           "default": "the variant's: diffusers all, paper steps - 1"})
+    layers: tuple[str, ...] | None = None  # module prefixes of the injected attn1 layers (None: the variant's)
+    adain_eps: float | None = None  # AdaIN: (z_c - m_c) / (s_c + eps) (None: the variant's, 1e-4 / 0)
     adain: bool = True  # initial-latent AdaIN
     inject: bool = True  # Q/K/V injection
 
     def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"StyleID variant '{self.variant}' unknown; use {' or '.join(VARIANTS)}")
+        d = VARIANTS[self.variant]
+        steps = d["steps"] if self.steps is None else self.steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= 1000:
+            raise ConfigError(f"StyleID steps must be in 1..1000, got {steps}")
+        start = max(1, steps - d["skip"]) if self.start_step is None else self.start_step
+        if not 1 <= start <= steps:
+            raise ConfigError(f"StyleID start_step must be in 1..{steps} (steps), got {start}")
+        object.__setattr__(self, "steps", int(steps))
+        object.__setattr__(self, "start_step", int(start))
+        if self.adain_eps is None:
+            object.__setattr__(self, "adain_eps", d["adain_eps"])
         if not 0.0 <= self.gamma <= 1.0:
             raise ConfigError(f"StyleID gamma must be in [0, 1], got {self.gamma}")
         if not self.T > 0:
             raise ConfigError(f"StyleID temperature T must be > 0, got {self.T}")
-        if self.steps < 1:
-            raise ConfigError(f"StyleID steps must be >= 1, got {self.steps}")
-        if not 1 <= self.start_step <= self.steps:
-            raise ConfigError(f"StyleID start_step must be in 1..{self.steps} (steps), got {self.start_step}")
         if self.layers is not None:
             if isinstance(self.layers, str) or not self.layers:
                 raise ConfigError("StyleID layers must be a non-empty tuple of module names (or None)")
             object.__setattr__(self, "layers", tuple(self.layers))
 
+    @property
+    def rounding(self) -> str:
+        return VARIANTS[self.variant]["rounding"]
 
-def adain(content: jt.Var, style: jt.Var) -> jt.Var:
+
+def adain(content: jt.Var, style: jt.Var, eps: float = 0.0) -> jt.Var:
     """Per-channel AdaIN over the spatial axes (unbiased std, as torch.std)."""
-    # z = std(z_s) * (z_c - mean(z_c)) / std(z_c) + mean(z_s)
+    from ..ops import mean_std
+
+    # z = std(z_s) * (z_c - mean(z_c)) / (std(z_c) + eps) + mean(z_s)
     mc, sc = mean_std(content, dims=(2, 3))
     ms, ss = mean_std(style, dims=(2, 3))
-    return ss * (content - mc) / sc + ms
+    return ss * (content - mc) / (sc + eps if eps else sc) + ms
 
 
 def _self_attention_layers(unet) -> dict[str, Attention]:
+    from ..models.attention import Attention
+
     return {n: m for n, m in unet.named_modules() if isinstance(m, Attention) and n.split(".")[-1] == "attn1"}
 
 
-def resolve_layers(unet, layers: tuple[str, ...] | None) -> list[str]:
-    """Names of the attn1 modules under the given prefixes (default: see StyleIDConfig)."""
+def official_layers(unet, indices: tuple[int, ...]) -> tuple[str, ...]:
+    """Official output-block indices -> module prefixes up_blocks[i // 3].attentions[i % 3]; a UNet with fewer
+    than 4 up-blocks keeps the last ones (i -> i - (12 - 3 * len(up_blocks))), blocks without attention dropped
+    (as the LDM code skips output blocks without a SpatialTransformer)."""
+    attn1 = _self_attention_layers(unet)
+    n = len(unet.up_blocks)
+    found = []
+    for i in indices:
+        j = i - (12 - 3 * n)
+        prefix = f"up_blocks.{j // 3}.attentions.{j % 3}"
+        if j >= 0 and any(name.startswith(prefix + ".") for name in attn1):
+            found.append(prefix)
+    return tuple(found)
+
+
+def resolve_layers(unet, layers: tuple[str, ...] | None, variant: str = DEFAULT_VARIANT) -> list[str]:
+    """Names of the attn1 modules under the given prefixes (None: the variant's official layers)."""
     attn1 = _self_attention_layers(unet)
     if layers is None:
-        blocks = sorted({int(n.split(".")[1]) for n in attn1 if n.startswith("up_blocks.")})
-        layers = tuple(f"up_blocks.{b}." for b in blocks[-2:])
+        layers = official_layers(unet, VARIANTS[variant]["layers"])
         if not layers:
             raise ConfigError("this UNet has no decoder self-attention layers for StyleID; pass layers=")
     names: list[str] = []
@@ -97,50 +156,55 @@ def resolve_layers(unet, layers: tuple[str, ...] | None) -> list[str]:
     return names
 
 
-def _self_attention_only(encoder_hidden_states: jt.Var | None) -> None:
-    if encoder_hidden_states is not None:
-        raise InputError("StyleID layers must be self-attention (attn1) layers")
+def __getattr__(name: str):  # the processors need Jittor: imported on first use, not with the settings
+    if name in ("RecordProcessor", "InjectProcessor"):
+        from . import styleid_processors
+
+        return getattr(styleid_processors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class RecordProcessor(AttnProcessor):
-    """Plain self-attention that stores its projected q/k/v ([B, N, heads*d]) in `store[timestep][name]`.
-
-    The owner sets `timestep` before each UNet call; `keep` picks which of 'q', 'k', 'v' are stored.
-    """
-
-    def __init__(self, name: str, store: dict, keep: str = "qkv"):
-        self.name, self.store, self.keep, self.timestep = name, store, keep, None
-
-    def project(self, attn: Attention, hidden_states: jt.Var, encoder_hidden_states: jt.Var | None):
-        _self_attention_only(encoder_hidden_states)
-        q, k, v = super().project(attn, hidden_states, None)
-        saved = {key: val.detach() for key, val in zip("qkv", (q, k, v)) if key in self.keep}
-        jt.sync(list(saved.values()))
-        self.store.setdefault(self.timestep, {})[self.name] = saved
-        return q, k, v
+# --------------------------------------------------------------------------------------------- schedules
 
 
-class InjectProcessor(AttnProcessor):
-    """StyleID attention: Q = gamma Q_c + (1 - gamma) Q_cs, K = K_s, V = V_s, softmax(T Q K^T / sqrt(d)) V.
+def _schedule(pipe, cfg: StyleIDConfig):
+    from .inversion import make_scheduler
 
-    `content[t][name]['q']` and `style[t][name]['k'|'v']` come from RecordProcessor; the owner sets
-    `timestep` before each UNet call.
-    """
+    return make_scheduler(pipe, cfg.steps)
 
-    def __init__(self, name: str, content: dict, style: dict, gamma: float, temperature: float):
-        self.name, self.content, self.style = name, content, style
-        self.gamma, self.temperature, self.timestep = gamma, temperature, None
 
-    def project(self, attn: Attention, hidden_states: jt.Var, encoder_hidden_states: jt.Var | None):
-        _self_attention_only(encoder_hidden_states)
-        q_c = self.content[self.timestep][self.name]["q"]
-        kv = self.style[self.timestep][self.name]
-        q = self.gamma * q_c + (1.0 - self.gamma) * attn.to_q(hidden_states)
-        return q, kv["k"], kv["v"]  # K, V: batch 1 broadcasts
+def inversion_steps(cfg: StyleIDConfig, scheduler) -> list[tuple[int, np.float32, np.float32]]:
+    """(UNet label, level of the input latent, level it lands on) of the variant's inversion, in call order.
 
-    def attend(self, attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> jt.Var:
-        """softmax(T Q K^T / sqrt(d) + mask) V."""
-        return attn.attend(query, key, value, mask, kernel=self.kernel, scale=attn.scale * self.temperature)
+    paper (ddim.py::encode_ddim): labels range(1, T, T // N), the UNet at the latent's own label (the clean latent
+    counts as alpha-bar[1]), landing on the next label's level, the last on alpha-bar[T - 1] = [999]; N steps.
+    diffusers (invert_process): labels = the DDIM schedule ascending, the UNet at label t on the latent at level
+    max(0, t - T // N); the first start_step of them."""
+    acp = scheduler.alphas_cumprod
+    n_train, n = len(acp), cfg.steps
+    if cfg.variant == "paper":
+        labels = list(range(1, n_train, n_train // n))
+        nxt = labels[1:] + [n_train - 1]  # steps = range(1, T + c, c) with steps[-1] = 999
+        return [(t, acp[t], acp[t_next]) for t, t_next in zip(labels, nxt)][:n]
+    stride = n_train // n
+    return [(int(t), acp[max(0, int(t) - stride)], acp[int(t)]) for t in scheduler.timesteps[::-1][:cfg.start_step]]
+
+
+def sampling_timesteps(cfg: StyleIDConfig, scheduler) -> list[tuple[int, np.float32, np.float32]]:
+    """(UNet label, a_t, a_prev) of the variant's sampling, in call order.
+
+    paper (ddim.py::ddim_sampling): labels arange(N) * (T // N) + 1 descending, the first N - start_step skipped;
+    a_t = alpha-bar[label] (the first step's latent sits at alpha-bar[999]), a_prev the next label's, alpha-bar[0]
+    at the end. diffusers (reverse_process): the DDIM schedule's last start_step steps (scheduler.step)."""
+    acp = scheduler.alphas_cumprod
+    if cfg.variant == "paper":
+        ts = np.arange(cfg.steps) * (len(acp) // cfg.steps) + 1
+        prev = [acp[0]] + [acp[t] for t in ts[:-1]]
+        return [(int(ts[k]), acp[ts[k]], prev[k]) for k in range(cfg.start_step - 1, -1, -1)]
+    return [(int(t), acp[int(t)], scheduler.alpha_prev(int(t))) for t in scheduler.timesteps[-cfg.start_step:]]
+
+
+# ------------------------------------------------------------------------------------------------- StyleID
 
 
 @dataclass
@@ -149,11 +213,11 @@ class StyleFeatures:
 
     latent: jt.Var | None  # inverted style latent at the start timestep [1, C, h, w] (None: unused)
     kv: dict = field(repr=False)  # {timestep: {layer: {'k': Var, 'v': Var}}}
-    key: tuple  # (steps, start_step, layers) it was computed for
+    key: tuple  # (variant, steps, start_step, layers) it was computed for
 
 
 def _settings_key(cfg: StyleIDConfig, layers: list[str]) -> tuple:
-    return cfg.steps, cfg.start_step, tuple(layers)
+    return cfg.variant, cfg.steps, cfg.start_step, tuple(layers)
 
 
 @contextmanager
@@ -165,7 +229,7 @@ def _hooked(unet, hooks: list) -> Iterator[Callable[[int, int, jt.Var], None]]:
 
     def on_step(i: int, t: int, x: jt.Var) -> None:
         for h in hooks:
-            h.timestep = t
+            h.timestep = int(t)
 
     try:
         yield on_step
@@ -174,12 +238,16 @@ def _hooked(unet, hooks: list) -> Iterator[Callable[[int, int, jt.Var], None]]:
 
 
 def _invert(pipe, latents: jt.Var, cfg: StyleIDConfig, layers: list[str], keep: str) -> tuple[jt.Var, dict]:
-    """Invert with recording processors on `layers` (none if keep is empty); restores the processors."""
+    """Invert with recording processors on `layers` (none if keep is empty); restores the processors.
+    Returns the start latent of sampling and {label: {layer: {q|k|v: Var}}}."""
+    from .inversion import invert_along
+    from .styleid_processors import RecordProcessor
+
     store: dict = {}
     recorders = [RecordProcessor(name, store, keep) for name in layers] if keep else []
+    steps = inversion_steps(cfg, _schedule(pipe, cfg))
     with _hooked(pipe.unet, recorders) as on_step:
-        latents = ddim_invert(pipe, latents, pipe.encode_prompt(""), cfg.steps, on_step,
-                              num_inversion_steps=cfg.start_step)[-1]
+        latents = invert_along(pipe, latents, pipe.encode_prompt(""), steps, on_step)[-1]
     return latents, store
 
 
@@ -187,7 +255,7 @@ def invert_style(pipe, style_image: np.ndarray, cfg: StyleIDConfig) -> StyleFeat
     """Invert one style image (uint8 [H, W, 3]) and keep its K, V per timestep in memory."""
     if style_image is None:
         raise InputError("StyleID needs a style image")
-    layers = resolve_layers(pipe.unet, cfg.layers)
+    layers = resolve_layers(pipe.unet, cfg.layers, cfg.variant)
     z = pipe.encode_uint8(style_image)
     if z.shape[0] != 1:
         raise InputError(f"one style image at a time, got {z.shape[0]}")
@@ -199,14 +267,32 @@ def invert_style(pipe, style_image: np.ndarray, cfg: StyleIDConfig) -> StyleFeat
 
 def stylize_latents(pipe, content_latents: jt.Var, style: StyleFeatures, cfg: StyleIDConfig) -> jt.Var:
     """StyleID on clean content latents [B, C, h, w] -> clean stylised latents."""
-    layers = resolve_layers(pipe.unet, cfg.layers)
+    from .inversion import sample_along
+    from .styleid_processors import InjectProcessor
+
+    layers = resolve_layers(pipe.unet, cfg.layers, cfg.variant)
     if style.key != _settings_key(cfg, layers):
-        raise ConfigError("these StyleFeatures were made with other steps/start_step/layers; run invert_style again")
+        raise ConfigError("these StyleFeatures were made with another variant/steps/start_step/layers; "
+                          "run invert_style again")
     z_c, q_store = _invert(pipe, content_latents, cfg, layers, "q" if cfg.inject else "")
-    z = adain(z_c, style.latent) if cfg.adain else z_c
+    z = adain(z_c, style.latent, cfg.adain_eps) if cfg.adain else z_c
     injectors = [InjectProcessor(n, q_store, style.kv, cfg.gamma, cfg.T) for n in layers] if cfg.inject else []
     with _hooked(pipe.unet, injectors) as on_step:
+        if cfg.variant == "paper":
+            return sample_along(pipe, z, pipe.encode_prompt(""), sampling_timesteps(cfg, _schedule(pipe, cfg)),
+                                on_step)
+        from .inversion import ddim_sample
+
         return ddim_sample(pipe, z, pipe.encode_prompt(""), cfg.steps, cfg.start_step, on_step)
+
+
+def decode(pipe, latents: jt.Var, cfg: StyleIDConfig) -> np.ndarray:
+    """Clean latents -> uint8 [B, H, W, 3] as the variant saves them: rounded (diffusers' utils.py::denormalize)
+    or truncated (the paper's Image.fromarray((255 * clamp((x + 1) / 2)).astype(np.uint8)))."""
+    if cfg.rounding == "round":
+        return pipe.decode_latents(latents)
+    x = np.clip((pipe.vae_decode(latents).float32().numpy() + 1.0) / 2.0, 0.0, 1.0)
+    return (255.0 * x.transpose(0, 2, 3, 1)).astype(np.uint8)
 
 
 def stylize(pipe, content_images: np.ndarray, style_image: np.ndarray | StyleFeatures,
@@ -215,10 +301,10 @@ def stylize(pipe, content_images: np.ndarray, style_image: np.ndarray | StyleFea
     -> uint8 [B, H, W, 3]."""
     if style_image is None:
         raise InputError("StyleID needs a style image")
-    resolve_layers(pipe.unet, cfg.layers)
+    resolve_layers(pipe.unet, cfg.layers, cfg.variant)
     content = pipe.encode_uint8(content_images)
     style = style_image if isinstance(style_image, StyleFeatures) else invert_style(pipe, style_image, cfg)
-    return pipe.decode_latents(stylize_latents(pipe, content, style, cfg))
+    return decode(pipe, stylize_latents(pipe, content, style, cfg), cfg)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -232,6 +318,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     d = StyleIDConfig()
+    help_of = {f.name: f.metadata.get("help", "") for f in StyleIDConfig.__dataclass_fields__.values()}
     p = _Parser(prog="python -m jstyle.methods.styleid", description=__doc__.split("\n\n")[0],
                 epilog="output: <out>/<content>-<style>.png, written atomically; existing files are kept.")
     p.add_argument("--model", type=Path, required=True, metavar="DIR", help="diffusers Stable Diffusion folder")
@@ -239,14 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", type=Path, required=True, metavar="IMG", help="style image")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder, created if missing")
     p.add_argument("--size", type=int, default=512, help="images are centre-cropped, resized to SIZE^2 (default 512)")
+    p.add_argument("--variant", choices=list(VARIANTS), default=d.variant, help=help_of["variant"])
     p.add_argument("--gamma", type=float, default=d.gamma, help=f"query preservation in [0, 1] (default {d.gamma})")
     p.add_argument("--T", type=float, default=d.T, dest="T", help=f"attention temperature (default {d.T})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"DDIM steps (default {d.steps})")
-    p.add_argument("--start-step", type=int, default=d.start_step,
-                   help=f"steps inverted and denoised, <= --steps (default {d.start_step})")
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the variant's, diffusers 20, paper 50)")
+    p.add_argument("--start-step", type=int, help="steps sampled, <= --steps (default: the variant's, diffusers "
+                   "all, paper steps - 1)")
     p.add_argument("--layers", nargs="+", metavar="NAME",
-                   help="module prefixes of the injected attn1 layers (default: the attentions of the last two "
-                   "decoder blocks that have any, i.e. " + " ".join(PAPER_LAYERS) + " on SD 1.x/2.x)")
+                   help="module prefixes of the injected attn1 layers (default: the variant's LDM output blocks, "
+                   "diffusers 7-11, paper 6-11 = " + " ".join(PAPER_LAYERS) + " on SD 1.x/2.x)")
+    p.add_argument("--adain-eps", type=float, help="AdaIN (z_c - m_c) / (s_c + EPS) (default: the variant's, "
+                   "diffusers 1e-4, paper 0)")
     p.add_argument("--no-adain", action="store_true", help="skip the initial-latent AdaIN")
     p.add_argument("--no-inject", action="store_true", help="skip the Q/K/V injection")
     p.add_argument("--batch", type=int, default=1, help="content images per batch (default 1)")
@@ -259,9 +349,9 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_rgb, save_png
     from ..pipeline import load_pipeline
 
-    cfg = StyleIDConfig(gamma=args.gamma, T=args.T, steps=args.steps, start_step=args.start_step,
-                        layers=tuple(args.layers) if args.layers else None,
-                        adain=not args.no_adain, inject=not args.no_inject)
+    cfg = StyleIDConfig(variant=args.variant, gamma=args.gamma, T=args.T, steps=args.steps,
+                        start_step=args.start_step, layers=tuple(args.layers) if args.layers else None,
+                        adain_eps=args.adain_eps, adain=not args.no_adain, inject=not args.no_inject)
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     style = read_rgb(args.style, args.size)
@@ -273,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     use_device(args.device)
     pipe = load_pipeline(args.model)
-    resolve_layers(pipe.unet, cfg.layers)
+    resolve_layers(pipe.unet, cfg.layers, cfg.variant)
     features = invert_style(pipe, style, cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     for i in range(0, len(todo), args.batch):
@@ -298,7 +388,8 @@ def inject(pipe, job) -> tuple[np.ndarray, dict]:
     from ..io import read_rgb
     from .reference import choose_reference
 
-    ref = choose_reference(job.content, job.references, job.reference_rule)
+    ref = choose_reference(job.content, job.references, job.reference_rule, seed=job.seed, style=job.style,
+                           prompt=job.obj)
     key = ("styleid", str(ref), job.size, job.settings)
     if key not in job.cache:  # one inversion kept at a time: the previous style's goes
         for old in [k for k in job.cache if isinstance(k, tuple) and k[0] == "styleid"]:

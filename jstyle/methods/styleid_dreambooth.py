@@ -1,11 +1,16 @@
 """StyleID with DreamBooth (the seed's best method): content from the style's DreamBooth-LoRA, style from
 one of its reference images.
 
-Per prompt: generate "{prompt} in style_NN" with the style's LoRA, take the LoRA off, choose a
-reference image (`rule`: "first" = the first in sorted order, the same for every prompt; "nearest" =
-the reference whose colour signature, per-channel mean/std of a 32x32 thumbnail, is closest to the
-content's), and run StyleID with it. A style inversion is computed once per reference and reused.
-`run_all.py --method styleid_dreambooth` runs the same steps as separate tasks.
+Per prompt: generate the prompt template (jstyle's default "{obj} in style_{style}") with the style's LoRA,
+take the LoRA off, choose a reference image (`rule`, jstyle.methods.reference: "first" = the first in sorted
+order, "nearest" = the closest colour signature, "random" = a seeded draw per prompt), and run StyleID with it.
+A style inversion is computed once per reference and reused.
+
+`jstyleid` is the JStyleID seed's pipeline (SiriusNEO/THU-Computer-Graphics @ 53a2ab0,
+StyleTransferDiffusion/JStyleID/run_all.py; docs/methods-sources.md): the bare prompt with the LoRA, 50 DDIM
+steps, CFG 7.5, then StyleID's `diffusers` variant (20 steps, 5 layers, AdaIN std + 1e-4) on the base model
+with a seeded random reference per prompt. `run_all.py --method styleid_dreambooth` runs the same steps as
+separate tasks; JSTYLEID holds its run_all settings.
 """
 
 from __future__ import annotations
@@ -19,19 +24,39 @@ from ..io import read_rgb
 from .reference import choose_reference
 from .styleid import StyleIDConfig, invert_style, stylize
 
-__all__ = ["styleid_dreambooth"]
+__all__ = ["styleid_dreambooth", "jstyleid", "JSTYLEID", "JSTYLE_PROMPT"]
+
+JSTYLE_PROMPT = "{obj} in style_{style}"  # jstyle's default content prompt (run_all: the preset's instance prompt)
+
+# run_all settings (RunConfig fields and method setting keys, as the flags) of the JStyleID seed's pipeline;
+# StyleID's steps / start_step / layers / AdaIN epsilon are the diffusers variant's defaults (20, 20, 7-11, 1e-4)
+JSTYLEID = dict(
+    method="styleid_dreambooth",
+    prompt_template="{obj}",  # run_all.py::text2image_worker: pipe(prompt, ...), "in style_" commented out
+    steps=50,  # num_inference_steps=50
+    guidance=7.5,  # the pipeline's default guidance_scale
+    seed=0,  # start latents default_rng(seed) (the seed: unseeded Jittor noise)
+    reference="random",  # np.random.randint over the style's images -> the seeded per-prompt draw
+    styleid_variant="diffusers",  # run_styleid_diffusers.py with config.py's defaults
+    styleid_gamma=0.75,
+    styleid_T=1.5,
+)
 
 
 def styleid_dreambooth(pipe, lora_file: str | Path, prompts: Sequence[str], references: Sequence[str | Path],
                        style_id: str, cfg: StyleIDConfig | None = None, rule: str = "first", size: int = 512,
-                       num_inference_steps: int = 25, guidance_scale: float = 7.5, seed: int = 0) -> list[np.ndarray]:
-    """One uint8 [size, size, 3] image per prompt; the pipeline is left without a LoRA."""
+                       num_inference_steps: int = 25, guidance_scale: float = 7.5, seed: int = 0,
+                       template: str = JSTYLE_PROMPT) -> list[np.ndarray]:
+    """One uint8 [size, size, 3] image per object word in `prompts`; the pipeline is left without a LoRA.
+
+    `template` makes the content prompt ({obj}: the object word, {style}: style_id); each content image's
+    start latents come from default_rng(seed)."""
     from .. import lora as L
 
     cfg = StyleIDConfig() if cfg is None else cfg
     L.apply_lora(pipe, lora_file)
     try:
-        contents = [pipe.text_to_image(f"{p} in style_{style_id}", num_inference_steps=num_inference_steps,
+        contents = [pipe.text_to_image(template.format(obj=p, style=style_id), num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, height=size, width=size,
                                        generator=np.random.default_rng(seed))[0] for p in prompts]
     finally:
@@ -41,9 +66,20 @@ def styleid_dreambooth(pipe, lora_file: str | Path, prompts: Sequence[str], refe
                 L.remove_lora(model)
     features: dict[Path, object] = {}
     out = []
-    for content in contents:
-        ref = choose_reference(content, [Path(r) for r in references], rule)
+    for prompt, content in zip(prompts, contents):
+        ref = choose_reference(content, [Path(r) for r in references], rule, seed=seed, style=style_id, prompt=prompt)
         if ref not in features:
             features[ref] = invert_style(pipe, read_rgb(ref, size), cfg)
         out.append(stylize(pipe, content[None], features[ref], cfg)[0])
     return out
+
+
+def jstyleid(pipe, lora_file: str | Path, prompts: Sequence[str], references: Sequence[str | Path], style_id: str,
+             seed: int = 0, size: int = 512, num_inference_steps: int = 50, styleid_steps: int | None = None
+             ) -> list[np.ndarray]:
+    """The JStyleID seed's pipeline (JSTYLEID): bare prompt with the LoRA, CFG 7.5, then StyleID `diffusers` with
+    the seeded random reference per prompt. Step counts are parameters only to keep tests small."""
+    cfg = StyleIDConfig(variant="diffusers", steps=styleid_steps)
+    return styleid_dreambooth(pipe, lora_file, prompts, references, style_id, cfg, rule="random", size=size,
+                              num_inference_steps=num_inference_steps, guidance_scale=7.5, seed=seed,
+                              template="{obj}")

@@ -97,3 +97,14 @@ def test_the_job_engine_and_the_registry_import_without_jittor():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_method_settings_and_run_all_flags_import_without_jittor():
+    """run_all's flags come from the methods' settings dataclasses (registry.all_settings imports their modules):
+    StyleID's and DiffStyle's settings, and the jstyleid run settings, import without Jittor."""
+    code = ("import sys; from jstyle.methods import registry; classes = registry.all_settings(); "
+            "import jstyle.methods.styleid_dreambooth; "
+            "print(len(classes), 'jittor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "False" and int(out.stdout.split()[0]) >= 3

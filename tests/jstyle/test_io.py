@@ -63,7 +63,7 @@ def test_rgba_reference_is_one_image_everywhere(tmp_path, monkeypatch):
     seen: dict[str, np.ndarray] = {}
     monkeypatch.setattr("jstyle.device.use_device", lambda device: "cpu")
     monkeypatch.setattr("jstyle.pipeline.load_pipeline", lambda *a, **k: SimpleNamespace(unet=None))
-    monkeypatch.setattr(styleid, "resolve_layers", lambda unet, layers: [])
+    monkeypatch.setattr(styleid, "resolve_layers", lambda unet, layers, variant="diffusers": [])
 
     def invert_style(pipe, style_image, cfg):
         seen["styleid"] = style_image

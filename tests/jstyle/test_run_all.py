@@ -114,7 +114,7 @@ def test_help_prints_each_default_once_from_its_source(capsys):
             at = text.index(st.flag + " " + st.field.upper() + " ")
             end = text.find(" --", at + 3)
             entry = text[at:end if end > 0 else text.index("methods (--method):", at)]
-            assert entry.count("default") == 1 and f"(default {st.default})" in entry, entry
+            assert entry.count("default") == 1 and f"(default {st.shown_default})" in entry, entry
     assert {"--styleid-T", "--styleid-steps", "--diffstyle-steps", "--sdedit-strength"} <= set(text.split())
     for f in dataclasses.fields(RunConfig):
         if f.name in ("size", "steps", "guidance", "seed", "retries", "method"):
@@ -145,8 +145,8 @@ def test_config_hash_covers_the_methods_own_settings_only():
     assert base.hashed() != RunConfig(data="d", model="m", out="o", method="styleid",
                                       settings={"styleid_T": 2.0}).hashed()
     diff = RunConfig(data="d", model="m", out="o", method="diffstyle", seed=3, settings={"diffstyle_steps": 4})
-    got = diff.method_settings()  # run_all's DiffStyle as before: steps - 1 denoised, no boosting, the run's seed
-    assert (got.steps, got.start_step, got.t_boost, got.seed, got.gamma) == (4, 3, 0, 3, 0.3)
+    got = diff.method_settings()  # run_all's DiffStyle: the artistic recipe (no boosting), the run's seed
+    assert (got.recipe, got.steps, got.inv_steps, got.t_boost, got.seed, got.gamma) == ("artistic", 4, 4, 0, 3, 0.4)
     assert RunConfig.from_dict(diff.to_dict()) == diff
 
 

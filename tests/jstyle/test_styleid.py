@@ -1,8 +1,10 @@
-"""StyleID on the tiny sd1 model: parity with a PyTorch implementation of the same equations on diffusers'
-attention processors (tests/reference/styleid_ref.py, checker env), identities that must hold, errors.
+"""StyleID on the tiny models: parity with the transcription of the official code (tests/reference/
+styleid_official_ref.py, checker env) for both variants, what the old code got wrong, identities, errors.
 
-Settings: 16x16 images (8x8 latents), a 10-step schedule, start_step 3 (inversion up to t = 201): the random
-tiny UNet is chaotic at high t (see test_inversion.py), so deep inversions would hide the method's logic.
+Settings: 16x16 images (8x8 latents), 4-step schedules. The paper variant must invert to alpha-bar[999]; the
+random tiny UNet is chaotic there (see test_inversion.py), so its parity bounds are measured amplifications of
+float32 rounding, stated per test. The identity tests use the diffusers variant 3 steps deep into a 10-step
+schedule (t <= 201), where the round trip is tame enough to show the method's logic.
 """
 
 from pathlib import Path
@@ -14,14 +16,30 @@ import pytest
 from jstyle import load_pipeline
 from jstyle.errors import ConfigError, InputError
 from jstyle.methods import styleid
-from jstyle.methods.inversion import ddim_invert, ddim_sample
-from jstyle.methods.styleid import StyleIDConfig, adain, invert_style, resolve_layers, stylize, stylize_latents
+from jstyle.methods.inversion import ddim_invert, ddim_sample, make_scheduler
+from jstyle.methods.styleid import (
+    StyleIDConfig,
+    adain,
+    inversion_steps,
+    invert_style,
+    official_layers,
+    resolve_layers,
+    sampling_timesteps,
+    stylize,
+    stylize_latents,
+)
 
 from ..tolerance import EPS32, UINT8, assert_at_most, assert_close, f32_bound
 from .conftest import reference_npz
 
-REF = Path(__file__).resolve().parents[1] / "reference" / "styleid_ref.py"
-CFG = StyleIDConfig(steps=10, start_step=3)
+REF = Path(__file__).resolve().parents[1] / "reference" / "styleid_official_ref.py"
+CFG = StyleIDConfig(steps=10, start_step=3)  # diffusers variant, 3 steps deep (the identity tests)
+PARITY_STEPS = 4
+
+
+class SD:  # what make_scheduler reads of a pipeline: SD's scheduler config
+    scheduler_config = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                            set_alpha_to_one=False)
 
 
 def _image(rng: np.random.Generator) -> np.ndarray:
@@ -43,42 +61,91 @@ def _latents(pipe, images):
     return pipe.encode_uint8(images)
 
 
-@pytest.fixture(scope="module", params=["sd1", "sd2"])
-def reference(request, setup, tiny_ref, tmp_path_factory):
-    """(kind, the PyTorch reference's output for CFG on the module's images), cached per script/input hash."""
-    kind, (_, content, style) = request.param, setup
-    inputs = dict(content=content, style=style, gamma=CFG.gamma, T=CFG.T, steps=CFG.steps,
-                  start_step=CFG.start_step, adain=CFG.adain, inject=CFG.inject, layers="up_blocks.1")
-    key = content.tobytes() + style.tobytes() + f"{CFG!r} {kind}".encode()
-    return kind, reference_npz(REF, "styleid", key, inputs, tiny_ref / kind, tmp_path_factory)
+def test_variant_defaults_are_the_official_ones():
+    paper, diffusers = StyleIDConfig(variant="paper"), StyleIDConfig(variant="diffusers")
+    # run_styleid.py::main: 50 steps, start_step 49, no AdaIN epsilon
+    assert (paper.steps, paper.start_step, paper.adain_eps, paper.rounding) == (50, 49, 0.0, "trunc")
+    # diffusers_implementation/config.py: 20 steps, all inverted and sampled, std + 1e-4
+    assert (diffusers.steps, diffusers.start_step, diffusers.adain_eps, diffusers.rounding) == (20, 20, 1e-4, "round")
+    assert StyleIDConfig().variant == "diffusers"  # SD 2.1, the challenge's base: the authors' diffusers code
+    assert StyleIDConfig(variant="paper", steps=6).start_step == 5 and StyleIDConfig(steps=6).start_step == 6
+    assert StyleIDConfig(variant="paper", steps=6, start_step=2).start_step == 2  # given explicitly: kept
+    assert styleid.VARIANTS["paper"]["layers"] == (6, 7, 8, 9, 10, 11)
+    assert styleid.VARIANTS["diffusers"]["layers"] == (7, 8, 9, 10, 11)
 
 
-def test_default_layers_resolve_to_existing_decoder_attn1(setup):
-    pipe = setup[0]
-    names = resolve_layers(pipe.unet, None)
+def test_official_label_lists():
+    """docs/methods-sources.md's tables, on SD's schedule (the tiny models share it)."""
+    sched = make_scheduler(SD, 50)
+    acp = sched.alphas_cumprod
+    paper = inversion_steps(StyleIDConfig(variant="paper"), sched)
+    assert [t for t, _, _ in paper] == list(range(1, 1000, 20))  # 50 calls at the latent's own label
+    assert paper[0][1] == acp[1] and paper[-1][2] == acp[999]  # clean latent = level 1; lands on alpha-bar[999]
+    samp = sampling_timesteps(StyleIDConfig(variant="paper"), sched)
+    assert [t for t, _, _ in samp] == list(range(961, 0, -20)) and samp[-1][2] == acp[0]
+    diff = inversion_steps(StyleIDConfig(), make_scheduler(SD, 20))
+    assert [t for t, _, _ in diff] == list(range(1, 1000, 50)) and diff[0][1] == acp[0] and diff[1][1] == acp[1]
+    assert diff[-1][2] == acp[951]
+
+
+def test_official_layers_map_to_the_tiny_unet(setup):
+    unet = setup[0].unet  # two up-blocks, attention in up_blocks.1 only: official i -> i - 6
+    assert official_layers(unet, (6, 7, 8, 9, 10, 11)) == tuple(f"up_blocks.1.attentions.{a}" for a in range(3))
+    assert official_layers(unet, (7, 8, 9, 10, 11)) == official_layers(unet, (9, 10, 11))
+    assert official_layers(unet, (10, 11)) == ("up_blocks.1.attentions.1", "up_blocks.1.attentions.2")
+    names = resolve_layers(unet, None)
     assert names == [f"up_blocks.1.attentions.{i}.transformer_blocks.0.attn1" for i in range(3)]
-    assert resolve_layers(pipe.unet, ("up_blocks.1.attentions.2",)) == names[2:]
+    assert resolve_layers(unet, ("up_blocks.1.attentions.2",)) == names[2:]
 
 
-def test_matches_pytorch_reference(setup, reference, tiny_ref):
-    (pipe, content, style), (kind, reference) = setup, reference
+@pytest.fixture(scope="module", params=[("sd1", "paper"), ("sd1", "diffusers"), ("sd2", "paper"),
+                                        ("sd2", "diffusers")], ids=lambda p: "-".join(p))
+def official(request, setup, tiny_ref, tmp_path_factory):
+    """(kind, variant, the official reference's output at 4 steps on the module's images), cached."""
+    (kind, variant), (_, content, style) = request.param, setup
+    inputs = dict(variant=variant, content=content, style=style, steps=PARITY_STEPS,
+                  start_step=StyleIDConfig(variant=variant, steps=PARITY_STEPS).start_step)
+    key = content.tobytes() + style.tobytes() + f"{kind} {variant} {PARITY_STEPS}".encode()
+    return kind, variant, reference_npz(REF, "styleid-official", key, inputs, tiny_ref / kind, tmp_path_factory)
+
+
+# Parity bound: float32 rounding of the longest reduction (3x3 conv over 64 channels, 576 terms) on values
+# |z| <= 3, per UNet call (4 inversion + <= 4 sampling calls): 8 * 576 * eps32 * 3 = 1.6e-3. Jittor and torch
+# sum in other orders. Measured latents: sd1 paper 1.8e-4, sd1 diffusers 2.6e-4, sd2 3.7e-5 / 4.9e-5.
+PARITY_ATOL = 8 * f32_bound(576, 3.0)
+
+
+def test_matches_official_reference(setup, official, tiny_ref):
+    (pipe, content, style), (kind, variant, ref) = setup, official
     pipe = pipe if kind == "sd1" else load_pipeline(tiny_ref / kind)  # sd2: v-prediction, upcast attention
-    features = invert_style(pipe, style, CFG)
-    z = stylize_latents(pipe, _latents(pipe, content), features, CFG).numpy()
-    # Jittor and torch sum in other orders: float32 rounding of the longest reduction (3x3 conv over 64
-    # channels, 576 terms) on values |z| <= 1.1, over the 3 inverted + 3 sampled UNet steps:
-    # 6 * 576 * eps32 * 1.1 = 4.6e-4. Measured sd1 1.3e-5, sd2 1.7e-5 (two machines agree).
-    assert_close(z, reference["latents"], atol=6 * f32_bound(576, 1.1), what=f"{kind} latents")
-    images = pipe.decode_latents(jt.array(z))
-    # A proof, not a noise estimate: |round(a) - round(b)| <= 1 level whenever the float images differ by
-    # less than 1 level, and they differ by ~1e-3 levels (the latents above); measured 1 (one flipped rounding)
-    assert_close(images, reference["images"], atol=UINT8, what=f"{kind} images")
+    cfg = StyleIDConfig(variant=variant, steps=PARITY_STEPS)
+    features = invert_style(pipe, style, cfg)
+    # the style's inversion alone: 4 UNet calls of 576-term rounding, |z| <= 3; measured <= 3.5e-5 (sd1 paper)
+    assert_close(features.latent.numpy(), ref["z_s"], atol=PARITY_ATOL / 2, what=f"{kind} {variant} z_s")
+    z = stylize_latents(pipe, _latents(pipe, content), features, cfg).numpy()
+    assert_close(z, ref["latents"], atol=PARITY_ATOL, what=f"{kind} {variant} latents")
+    images = styleid.decode(pipe, jt.array(z), cfg)
+    # a proof, not a noise estimate: < 1 level apart in float, so rounding or truncation flips by at most 1;
+    # measured 1 (a flipped level) in every case
+    assert_close(images, ref["images"], atol=UINT8, what=f"{kind} {variant} images")
     assert np.abs(z - _latents(pipe, content).numpy()).max() > 0.1  # the style did change the content
-    # The style inversion is reusable: one content image alone gives its row of the batch. A batch of 1
-    # and a batch of 2 block their GEMMs differently (oneDNN), so the same model of rounding applies:
-    # measured 1.01e-5 on an Intel Xeon (Ice Lake), see the closing table for this machine's.
-    single = stylize_latents(pipe, _latents(pipe, content[1]), features, CFG).numpy()
-    assert_close(single[0], z[1], atol=3 * f32_bound(576, 1.1), what="one image vs its batch row")
+
+
+def test_paper_variant_starts_at_alpha_bar_999(tiny_ref):
+    """The old code (diffusers convention, steps - 1 steps deep) started the paper's sampling at alpha-bar[501]
+    for 4 steps (alpha-bar[961] for 50); the paper's inversion lands on alpha-bar[999]. With the UNet's output
+    zeroed (eps = 0) inversion only rescales: x_T = x0 sqrt(alpha-bar[999] / alpha-bar[1])."""
+    pipe = load_pipeline(tiny_ref / "sd1")
+    pipe.unet.conv_out.weight.assign(jt.zeros_like(pipe.unet.conv_out.weight))
+    pipe.unet.conv_out.bias.assign(jt.zeros_like(pipe.unet.conv_out.bias))
+    acp = make_scheduler(pipe, 4).alphas_cumprod
+    x0 = _latents(pipe, _image(np.random.default_rng(5)))
+    cfg = StyleIDConfig(variant="paper", steps=4, inject=False)
+    z = invert_style(pipe, _image(np.random.default_rng(5)), cfg).latent.numpy()
+    # 4 float32 rescalings of values |x0| <= 3
+    assert_close(z, x0.numpy() * np.sqrt(acp[999] / acp[1]), atol=f32_bound(8, 3.0), what="x_T at alpha-bar[999]")
+    old = np.sqrt(acp[501] / acp[0])  # where the old code's 3-of-4-step inversion ended
+    assert abs(np.sqrt(acp[999] / acp[1]) / old - 1) > 0.1  # 0.0683 vs 0.41: not a rounding matter
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +197,16 @@ def test_style_equal_to_content_gives_the_content_back(setup, plain):
     assert_at_most(err_same, 0.5 * err_other, "same-image error vs another style's")
 
 
+def test_batch_row_equals_one_image(setup):
+    pipe, content, style = setup
+    features = invert_style(pipe, style, CFG)
+    z = stylize_latents(pipe, _latents(pipe, content), features, CFG).numpy()
+    single = stylize_latents(pipe, _latents(pipe, content[1]), features, CFG).numpy()
+    # The style inversion is reusable: one content image alone gives its row of the batch. A batch of 1 and a
+    # batch of 2 block their GEMMs differently (oneDNN): 576-term float32 rounding on |z| <= 1.1, 6 steps, x3
+    assert_close(single[0], z[1], atol=3 * f32_bound(576, 1.1), what="one image vs its batch row")
+
+
 def test_adain_takes_the_style_statistics():
     rng = np.random.default_rng(1)
     c = jt.array(rng.standard_normal((2, 4, 8, 8)).astype(np.float32) * 3 + 1)
@@ -141,12 +218,18 @@ def test_adain_takes_the_style_statistics():
         assert_close(out[b].mean((1, 2)), sn[0].mean((1, 2)), atol=f32_bound(64, 3), what="AdaIN mean")
         # std: a sum of 64 squares, a sqrt and a division: relative 64 * eps32 * 2 = 1.5e-5 worst case
         assert_close(out[b].std((1, 2), ddof=1), sn[0].std((1, 2), ddof=1), rtol=2 * 64 * EPS32, what="AdaIN std")
+    # the diffusers variant's std + 1e-4: the std shrinks by s_c / (s_c + 1e-4) (s_c ~ 3: 3.3e-5 relative)
+    eps = adain(c, s, 1e-4).numpy()
+    sc = c.numpy().std((2, 3), ddof=1)
+    want = sn[0].std((1, 2), ddof=1) * sc / (sc + 1e-4)
+    assert_close(eps.std((2, 3), ddof=1), want, rtol=2 * 64 * EPS32, what="AdaIN std with epsilon")
 
 
 def test_bad_inputs(setup, tmp_path, capsys):
     pipe, content, style = setup
     for kwargs, match in [({"gamma": 1.5}, "gamma must be in"), ({"gamma": -0.1}, "gamma must be in"),
-                          ({"T": 0}, "T must be > 0"), ({"start_step": 51}, "start_step must be in 1..50")]:
+                          ({"T": 0}, "T must be > 0"), ({"start_step": 21}, "start_step must be in 1..20"),
+                          ({"variant": "ldm"}, "variant 'ldm' unknown"), ({"steps": 0}, "steps must be in")]:
         with pytest.raises(ConfigError, match=match) as e:
             StyleIDConfig(**kwargs)
         assert "\n" not in str(e.value)
@@ -157,6 +240,8 @@ def test_bad_inputs(setup, tmp_path, capsys):
         stylize(pipe, content, None, CFG)
     with pytest.raises(InputError, match="uint8"):
         stylize(pipe, content.astype(np.float32), style, CFG)
+    with pytest.raises(ConfigError, match="another variant"):
+        stylize(pipe, content, invert_style(pipe, style, CFG), StyleIDConfig(variant="paper", steps=10))
     # CLI: a missing style file is one line on stderr and exit status 2, before any model is loaded
     from PIL import Image
 
@@ -178,11 +263,12 @@ def test_cli_end_to_end(setup, tiny_ref, tmp_path, capsys):
         Image.fromarray(image).save(tmp_path / name)
     argv = ["--model", str(tiny_ref / "sd1"), "--content", str(tmp_path / "c0.png"), str(tmp_path / "c1.png"),
             "--style", str(tmp_path / "s.png"), "--out", str(tmp_path / "out"), "--size", "16",
-            "--steps", "10", "--start-step", "3", "--batch", "2"]
+            "--variant", "paper", "--steps", "4", "--batch", "2"]
     assert styleid.main(argv) == 0
     outs = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in outs] == ["c0-s.png", "c1-s.png"]
     assert np.asarray(Image.open(outs[0])).shape == (16, 16, 3)
     assert styleid.main(argv) == 0 and "nothing to do" in capsys.readouterr().out  # resumable
     assert styleid.main(["--help"]) == 0
-    assert "--start-step" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--variant {diffusers,paper}" in text and "the only official code for SD 2.x" in text

@@ -1,0 +1,61 @@
+"""StyleID's attention processors (Jittor): record Q/K/V during inversion, inject them while sampling.
+
+Kept apart from jstyle.methods.styleid so that its settings (StyleIDConfig, run_all's --styleid-* flags) import
+without Jittor; `jstyle.methods.styleid.RecordProcessor` / `.InjectProcessor` are these classes.
+"""
+
+from __future__ import annotations
+
+import jittor as jt
+
+from ..errors import InputError
+from ..models.attention import Attention, AttnProcessor
+
+__all__ = ["RecordProcessor", "InjectProcessor"]
+
+
+def _self_attention_only(encoder_hidden_states: jt.Var | None) -> None:
+    if encoder_hidden_states is not None:
+        raise InputError("StyleID layers must be self-attention (attn1) layers")
+
+
+class RecordProcessor(AttnProcessor):
+    """Plain self-attention that stores its projected q/k/v ([B, N, heads*d]) in `store[timestep][name]`.
+
+    The owner sets `timestep` before each UNet call; `keep` picks which of 'q', 'k', 'v' are stored.
+    """
+
+    def __init__(self, name: str, store: dict, keep: str = "qkv"):
+        self.name, self.store, self.keep, self.timestep = name, store, keep, None
+
+    def project(self, attn: Attention, hidden_states: jt.Var, encoder_hidden_states: jt.Var | None):
+        _self_attention_only(encoder_hidden_states)
+        q, k, v = super().project(attn, hidden_states, None)
+        saved = {key: val.detach() for key, val in zip("qkv", (q, k, v)) if key in self.keep}
+        jt.sync(list(saved.values()))
+        self.store.setdefault(self.timestep, {})[self.name] = saved
+        return q, k, v
+
+
+class InjectProcessor(AttnProcessor):
+    """StyleID attention: Q = gamma Q_c + (1 - gamma) Q_cs, K = K_s, V = V_s, softmax(T Q K^T / sqrt(d)) V.
+
+    `content[t][name]['q']` and `style[t][name]['k'|'v']` come from RecordProcessor; the owner sets
+    `timestep` before each UNet call.
+    """
+
+    def __init__(self, name: str, content: dict, style: dict, gamma: float, temperature: float):
+        self.name, self.content, self.style = name, content, style
+        self.gamma, self.temperature, self.timestep = gamma, temperature, None
+
+    def project(self, attn: Attention, hidden_states: jt.Var, encoder_hidden_states: jt.Var | None):
+        _self_attention_only(encoder_hidden_states)
+        q_c = self.content[self.timestep][self.name]["q"]
+        kv = self.style[self.timestep][self.name]
+        q = self.gamma * q_c + (1.0 - self.gamma) * attn.to_q(hidden_states)
+        return q, kv["k"], kv["v"]  # K, V: batch 1 broadcasts
+
+    def attend(self, attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> jt.Var:
+        """softmax(T Q K^T / sqrt(d) + mask) V."""
+        return attn.attend(query, key, value, mask, kernel=self.kernel, scale=attn.scale * self.temperature)
+
