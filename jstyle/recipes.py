@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .methods.styleid_dreambooth import JSTYLEID
 
 __all__ = ["Source", "Score", "Recipe", "RECIPES", "get", "listing"]
 
@@ -176,8 +177,30 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "no published score: run it and score it with check.sh",
         ),
     ),
-    # "jstyleid": StyleID with DreamBooth at the official StyleID's fidelity. Its entry is added with that
-    # pipeline (the methods-fidelity work), not before.
+    Recipe(
+        "jstyleid",
+        "the JStyleID seed's StyleID with DreamBooth: bare-prompt content with the style's LoRA (50 steps), then "
+        "official diffusers StyleID from a seeded random reference",
+        sources=(Source("SiriusNEO/THU-Computer-Graphics", "53a2ab0",
+                        ("StyleTransferDiffusion/JStyleID/run_all.py",
+                         "StyleTransferDiffusion/JStyleID/diffusers_implementation/config.py")),),
+        score=None,
+        run=dict(JSTYLEID, preset="baseline", dtype="auto", size=512, scheduler="ddim", seed_per_style=False,
+                 drop_to_out_at_inference=False),
+        train={},
+        cost="500 train steps (batch 1); per prompt 50 steps x CFG, then StyleID: 20 inversion + 20 sampling "
+             "steps (and 20 inversion steps per reference image used)",
+        notes=(
+            "content: run_all.py pipe(prompt, num_inference_steps=50) with the style LoRA loaded and the bare "
+            "object word ('in style_' commented out); CFG 7.5, the pipeline's default",
+            "StyleID: the official diffusers implementation (config.py: 20 DDIM steps, layers 7-11, gamma 0.75, "
+            "T 1.5, AdaIN std + 1e-4) on the base model",
+            "deviation: the seed drew its reference with unseeded np.random.randint over os.listdir; jstyle draws "
+            "default_rng([seed, crc32(style), crc32(prompt)]) over the sorted references (reference 'random')",
+            "the seed reported 0.376 (list A) and 0.359 (list B) for its own run; jstyle's run of this recipe has "
+            "not been scored on real weights, so no score is claimed",
+        ),
+    ),
 )}
 
 

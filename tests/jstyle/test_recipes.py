@@ -133,6 +133,18 @@ def test_strong_is_the_strong_preset_with_sdedit(tmp_path):
     assert t.text_encoder_targets == ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
+def test_jstyleid_is_the_seeds_pipeline(tmp_path):
+    cfg = resolve("--recipe", "jstyleid")
+    # SiriusNEO/THU-Computer-Graphics@53a2ab0 StyleTransferDiffusion/JStyleID/run_all.py: the style LoRA loaded,
+    # pipe(prompt, num_inference_steps=50) with the bare object word, the pipeline's CFG 7.5
+    assert (cfg.method, cfg.prompt_template, cfg.steps, cfg.guidance, cfg.reference) == \
+        ("styleid_dreambooth", "{obj}", 50, 7.5, "random")
+    assert cfg.prompt("03", "Bear") == "Bear"
+    s = cfg.method_settings()
+    # JStyleID/diffusers_implementation/config.py: ddim_steps 20, layers [7..11], gamma 0.75, T 1.5 (+1e-4 AdaIN)
+    assert (s.variant, s.gamma, s.T, s.steps) == ("diffusers", 0.75, 1.5, 20)
+
+
 @pytest.mark.parametrize("name", list(recipes.RECIPES))
 def test_no_recipe_trains_float16_at_a_loss_scale_of_1(name, tmp_path):
     cfg = resolve("--recipe", name)
