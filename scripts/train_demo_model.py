@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from jstyle.tokenizer import write_toy_vocab
+    from jstyle.tiny import write_toy_vocab
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
