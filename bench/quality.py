@@ -51,14 +51,14 @@ def _lora_config(recipe: str, style_dir: Path, out: Path, size: int, steps: int)
 
 def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
     from jstyle import lora as L
+    from jstyle.io import read_rgb
     from jstyle.methods.diffstyle import DiffStyleConfig, diffstyle
     from jstyle.methods.sdedit import img2img, mean_image
     from jstyle.methods.styleid import StyleIDConfig, invert_style, stylize
     from jstyle.train_lora import train_lora
-    from jstyle.training.dataset import load_rgb
 
     paths = sorted(p for p in (style_dir / "images").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    refs = [load_rgb(p) for p in paths]
+    refs = [read_rgb(p) for p in paths]
     objs = list(json.loads((style_dir / "prompt.json").read_text()).values())
     style = style_dir.name
     gen = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.size, width=args.size)
@@ -76,9 +76,7 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
     t0 = time.time()
     base = txt2img("a {obj}")
     row("base", base, t0)
-    from jstyle.images import load_image
-
-    reference = load_image(paths[0], args.size)
+    reference = read_rgb(paths[0], args.size)
     scfg = StyleIDConfig(steps=args.steps, start_step=args.steps - 1)
 
     def styleid_rows(contents, label: str) -> None:
@@ -92,7 +90,7 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
     styleid_rows(base, "styleid")
     for gamma in DIFFSTYLE:
         t0 = time.time()
-        cfg = DiffStyleConfig(gamma=gamma, t_boost=0, steps=args.steps, start_step=args.steps - 1, seed=args.seed)
+        cfg = DiffStyleConfig(gamma=gamma, t_boost=0, steps=args.steps, inv_steps=args.steps, seed=args.seed)
         row(f"diffstyle g={gamma}", [diffstyle(pipe, c[None], reference, cfg)[0] for c in base], t0)
     init = mean_image(paths, args.size)
     for recipe in recipes:
