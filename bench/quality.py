@@ -106,9 +106,7 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
             [img2img(pipe, init, [template.format(obj=o, id=style)], strength=args.strength,
                      num_inference_steps=args.steps, guidance_scale=args.guidance,
                      generator=np.random.default_rng(args.seed))[0] for o in objs], t0)
-        for comp in L.COMPONENTS:
-            if getattr(pipe, comp, None) is not None:
-                L.remove_lora(getattr(pipe, comp))
+        L.unload_lora(pipe)
         styleid_rows(tuned, f"styleid_db {recipe}")
     return rows
 

@@ -57,10 +57,7 @@ def _use_lora(pipe, ctx: WorkerContext, style: str | None, skip: tuple[str, ...]
     if ctx.cache.get("lora") == style:
         return
     if style is None:
-        for comp in L.COMPONENTS:
-            model = getattr(pipe, comp, None)
-            if model is not None:
-                L.remove_lora(model)
+        L.unload_lora(pipe)
     else:
         L.apply_lora(pipe, ctx.out_dir / lora_path(style), skip=skip)
     ctx.cache["lora"] = style

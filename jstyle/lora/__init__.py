@@ -5,7 +5,16 @@
 Everything public is re-exported here: `from jstyle import lora as L; L.apply_lora(pipe, path)`.
 """
 
-from .formats import METADATA_KEY, WEIGHT_NAME, LoRAWeights, apply_lora, load_lora_weights, read_lora_file, save_lora
+from .formats import (
+    METADATA_KEY,
+    WEIGHT_NAME,
+    LoRAWeights,
+    apply_lora,
+    load_lora_weights,
+    read_lora_file,
+    save_lora,
+    unload_lora,
+)
 from .layers import (
     COMPONENTS,
     DEFAULT_TARGETS,
@@ -32,6 +41,6 @@ __all__ = [
     "DEFAULT_TARGETS", "COMPONENTS", "default_targets", "LoRALinear", "LoRAConv2d", "LoRAParams",
     "LoRAWeights", "inject_lora", "remove_lora", "lora_layers", "lora_parameters", "lora_state_dict",
     "set_lora_scale", "set_lora_dropout_generator", "fuse_lora", "unfuse_lora", "save_lora",
-    "read_lora_file", "load_lora_weights", "apply_lora",
+    "read_lora_file", "load_lora_weights", "apply_lora", "unload_lora",
     "OPTIONAL_TARGETS", "INITS", "METADATA_KEY", "WEIGHT_NAME", "LoRALayer", "init_lora_a",
 ]

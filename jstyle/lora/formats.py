@@ -256,6 +256,11 @@ def load_lora_weights(model: nn.Module, layers: Mapping[str, LoRAParams], comp: 
     return loaded
 
 
+def unload_lora(pipe: Any) -> int:
+    """Remove every LoRA layer from a pipeline's unet / text_encoder / vae (the base weights stay); returns how many."""
+    return sum(remove_lora(model) for comp in COMPONENTS if (model := getattr(pipe, comp, None)) is not None)
+
+
 def apply_lora(pipe: Any, lora: str | Path | LoRAWeights, scale: float = 1.0,
                skip: Sequence[str] = ()) -> dict[str, int]:
     """Load a LoRA file (or pre-read LoRAWeights) into a pipeline's unet / text_encoder / vae.
@@ -267,10 +272,7 @@ def apply_lora(pipe: Any, lora: str | Path | LoRAWeights, scale: float = 1.0,
     """
     weights = lora if isinstance(lora, LoRAWeights) else read_lora_file(lora)
     counts = {}
-    for comp in COMPONENTS:
-        model = getattr(pipe, comp, None)
-        if model is not None and lora_layers(model):
-            remove_lora(model)
+    unload_lora(pipe)
     for comp, layers in weights.layers.items():
         model = getattr(pipe, comp, None)
         if model is None:

@@ -60,10 +60,7 @@ def styleid_dreambooth(pipe, lora_file: str | Path, prompts: Sequence[str], refe
                                        guidance_scale=guidance_scale, height=size, width=size,
                                        generator=np.random.default_rng(seed))[0] for p in prompts]
     finally:
-        for comp in L.COMPONENTS:
-            model = getattr(pipe, comp, None)
-            if model is not None:
-                L.remove_lora(model)
+        L.unload_lora(pipe)
     features: dict[Path, object] = {}
     out = []
     for prompt, content in zip(prompts, contents):
