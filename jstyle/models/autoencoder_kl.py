@@ -18,6 +18,7 @@ from ..errors import ConfigError, InputError
 from ..ops import randn, silu
 from .attention import Attention, AttentionHooksMixin
 from .configuration import from_diffusers_config
+from .conv import Conv2d
 from .normalization import GroupNorm
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
@@ -132,7 +133,7 @@ class Encoder(nn.Module):
         mid_block_add_attention: bool = True,
     ):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, stride=1, padding=1)
+        self.conv_in = Conv2d(in_channels, block_out_channels[0], 3, stride=1, padding=1)
         self.down_blocks = nn.ModuleList()
         out_ch = block_out_channels[0]
         for i, block_type in enumerate(down_block_types):
@@ -147,7 +148,7 @@ class Encoder(nn.Module):
             attention_head_dim=block_out_channels[-1],
         )
         self.conv_norm_out = GroupNorm(norm_num_groups, block_out_channels[-1], eps=_EPS, affine=True)
-        self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * out_channels if double_z else out_channels, 3,
+        self.conv_out = Conv2d(block_out_channels[-1], 2 * out_channels if double_z else out_channels, 3,
                                   padding=1)
 
     def execute(self, sample: jt.Var) -> jt.Var:
@@ -168,7 +169,7 @@ class Decoder(nn.Module):
         layers_per_block: int = 2, norm_num_groups: int = 32, mid_block_add_attention: bool = True,
     ):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[-1], 3, stride=1, padding=1)
+        self.conv_in = Conv2d(in_channels, block_out_channels[-1], 3, stride=1, padding=1)
         self.mid_block = UNetMidBlock2D(
             block_out_channels[-1], resnet_groups=norm_num_groups, add_attention=mid_block_add_attention,
             attention_head_dim=block_out_channels[-1],
@@ -184,7 +185,7 @@ class Decoder(nn.Module):
                 add_upsample=i < len(block_out_channels) - 1,
             ))
         self.conv_norm_out = GroupNorm(norm_num_groups, block_out_channels[0], eps=_EPS, affine=True)
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        self.conv_out = Conv2d(block_out_channels[0], out_channels, 3, padding=1)
 
     def execute(self, sample: jt.Var) -> jt.Var:
         sample = self.mid_block(self.conv_in(sample))
@@ -261,8 +262,8 @@ class AutoencoderKL(nn.Module, AttentionHooksMixin):
             latent_channels, out_channels, up_block_types, block_out_channels, layers_per_block,
             norm_num_groups, mid_block_add_attention=mid_block_add_attention,
         )
-        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
+        self.quant_conv = Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
+        self.post_quant_conv = Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AutoencoderKL:

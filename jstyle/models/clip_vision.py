@@ -14,6 +14,7 @@ from jittor import nn
 
 from ..errors import ConfigError, InputError
 from .clip_text import CLIPEncoder
+from .conv import Conv2d
 
 __all__ = ["CLIPVisionModelWithProjection", "clip_preprocess", "CLIP_MEAN", "CLIP_STD"]
 
@@ -54,7 +55,7 @@ class CLIPVisionEmbeddings(nn.Module):
     def __init__(self, hidden_size: int, image_size: int, patch_size: int, num_channels: int):
         super().__init__()
         self.class_embedding = jt.zeros((hidden_size,))
-        self.patch_embedding = nn.Conv2d(num_channels, hidden_size, patch_size, stride=patch_size, bias=False)
+        self.patch_embedding = Conv2d(num_channels, hidden_size, patch_size, stride=patch_size, bias=False)
         self.num_positions = (image_size // patch_size) ** 2 + 1
         self.position_embedding = nn.Embedding(self.num_positions, hidden_size)
 

@@ -6,6 +6,7 @@ import jittor as jt
 from jittor import nn
 
 from ..ops import silu
+from .conv import Conv2d
 from .hooks import ForwardHooksMixin
 from .normalization import GroupNorm
 
@@ -29,12 +30,12 @@ class ResnetBlock2D(ForwardHooksMixin, nn.Module):
         out_channels = out_channels or in_channels
         self.output_scale_factor = output_scale_factor
         self.norm1 = GroupNorm(groups, in_channels, eps=eps, affine=True)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, stride=1, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
         self.norm2 = GroupNorm(groups, out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1)
-        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.conv2 = Conv2d(out_channels, out_channels, 3, stride=1, padding=1)
+        self.conv_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def execute(self, x: jt.Var, temb: jt.Var | None = None) -> jt.Var:
         h = self.conv1(silu(self.norm1(x)))
@@ -52,7 +53,7 @@ class Downsample2D(nn.Module):
     def __init__(self, channels: int, out_channels: int | None = None, padding: int = 1):
         super().__init__()
         self.padding = padding
-        self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=padding)
+        self.conv = Conv2d(channels, out_channels or channels, 3, stride=2, padding=padding)
 
     def execute(self, x: jt.Var) -> jt.Var:
         if self.padding == 0:
@@ -65,7 +66,7 @@ class Upsample2D(nn.Module):
 
     def __init__(self, channels: int, out_channels: int | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+        self.conv = Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def execute(self, x: jt.Var, output_size: tuple[int, int] | None = None) -> jt.Var:
         if output_size is None:

@@ -14,6 +14,7 @@ from jittor import nn
 from ..errors import ConfigError, InputError
 from ..ops import gelu
 from .attention import Attention
+from .conv import Conv2d
 from .hooks import ForwardHooksMixin
 from .normalization import GroupNorm
 
@@ -137,7 +138,7 @@ class Transformer2DModel(ForwardHooksMixin, nn.Module):
         if use_linear_projection:
             self.proj_in = nn.Linear(in_channels, inner_dim)
         else:
-            self.proj_in = nn.Conv2d(in_channels, inner_dim, 1, stride=1, padding=0)
+            self.proj_in = Conv2d(in_channels, inner_dim, 1, stride=1, padding=0)
         self.transformer_blocks = nn.ModuleList([
             BasicTransformerBlock(
                 inner_dim, num_attention_heads, attention_head_dim, dropout=dropout,
@@ -149,7 +150,7 @@ class Transformer2DModel(ForwardHooksMixin, nn.Module):
         if use_linear_projection:
             self.proj_out = nn.Linear(inner_dim, in_channels)
         else:
-            self.proj_out = nn.Conv2d(inner_dim, in_channels, 1, stride=1, padding=0)
+            self.proj_out = Conv2d(inner_dim, in_channels, 1, stride=1, padding=0)
 
     def execute(
         self,

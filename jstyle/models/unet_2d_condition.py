@@ -17,6 +17,7 @@ from ..errors import ConfigError, InputError
 from ..ops import silu
 from .attention import AttentionHooksMixin
 from .configuration import from_diffusers_config
+from .conv import Conv2d
 from .embeddings import TimestepEmbedding, get_timestep_embedding
 from .normalization import GroupNorm
 from .unet_2d_blocks import UNetMidBlock2DCrossAttn, get_down_block, get_up_block
@@ -129,7 +130,7 @@ class UNet2DConditionModel(nn.Module, AttentionHooksMixin):
         self.time_proj_dim = block_out_channels[0]
         time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
 
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], conv_in_kernel,
+        self.conv_in = Conv2d(in_channels, block_out_channels[0], conv_in_kernel,
                                  padding=(conv_in_kernel - 1) // 2)
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, act_fn=act_fn)
 
@@ -173,7 +174,7 @@ class UNet2DConditionModel(nn.Module, AttentionHooksMixin):
 
         self.conv_norm_out = GroupNorm(norm_num_groups, block_out_channels[0], eps=norm_eps, affine=True)
         self.conv_act = silu
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, conv_out_kernel,
+        self.conv_out = Conv2d(block_out_channels[0], out_channels, conv_out_kernel,
                                   padding=(conv_out_kernel - 1) // 2)
 
     @classmethod

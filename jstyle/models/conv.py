@@ -1,0 +1,246 @@
+"""Conv2d whose CPU float32 forward calls oneDNN once per call, with no fresh memory per call.
+
+Jittor's own oneDNN convolution builds its engine, stream and buffers on every call: each call maps fresh pages for the
+reordered weights, input and output (the kernel zeroes them: about half of a UNet step's time on CPU) and adds the bias
+in a separate pass. This op keeps one engine, the primitives per shape, grow-only scratch buffers and, optionally, the
+reordered weights (`JSTYLE_CONV_CACHE_MB`), and fuses the bias. Elsewhere (CUDA, float16, no oneDNN) it is Jittor's
+`nn.Conv2d`. The gradients are Jittor's oneDNN backward ops, so training goes through it too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jittor as jt
+from jittor import nn
+
+__all__ = ["Conv2d", "conv2d", "fast_conv_available"]
+
+_HEADER = r"""
+#include <dnnl.hpp>
+#include <cstdlib>
+#include <new>
+#include <list>
+#include <string>
+#include <unordered_map>
+
+namespace jstyle_conv {
+using namespace dnnl;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+struct Runtime {
+    engine eng;
+    stream strm;
+    Runtime() : eng(engine::kind::cpu, 0), strm(eng) {}
+};
+inline Runtime& runtime() { static Runtime r; return r; }
+
+// A grow-only page-aligned buffer kept for the process: its pages are mapped (and zeroed by the kernel) once.
+struct Buffer {
+    void* ptr = nullptr;
+    size_t size = 0;
+    void* get(size_t n) {
+        if (n > size) {
+            std::free(ptr);
+            size = (n + 4095) / 4096 * 4096;
+            if (posix_memalign(&ptr, 4096, size)) { ptr = nullptr; size = 0; throw std::bad_alloc(); }
+        }
+        return ptr;
+    }
+};
+inline Buffer& buffer(int i) { static Buffer b[3]; return b[i]; }
+
+inline std::string key_of(const std::vector<memory::dims>& all, bool bias) {
+    std::string k = bias ? "b" : "n";
+    for (auto& d : all) { k += "|"; for (auto v : d) k += std::to_string(v) + ","; }
+    return k;
+}
+
+inline convolution_forward::primitive_desc& conv_pd(const memory::dims& src, const memory::dims& wei,
+        const memory::dims& dst, const memory::dims& strides, const memory::dims& dil,
+        const memory::dims& pad, bool bias) {
+    static std::unordered_map<std::string, convolution_forward::primitive_desc> cache;
+    auto key = key_of({src, wei, dst, strides, dil, pad}, bias);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    auto any = [](const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); };
+    auto& r = runtime();
+    auto desc = bias
+        ? convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, any(src), any(wei),
+              memory::desc({dst[1]}, dt::f32, tag::a), any(dst), strides, dil, pad, pad)
+        : convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, any(src), any(wei),
+              any(dst), strides, dil, pad, pad);
+    return cache.emplace(key, convolution_forward::primitive_desc(desc, r.eng)).first->second;
+}
+
+inline convolution_forward& conv_prim(const std::string& key, const convolution_forward::primitive_desc& pd) {
+    static std::unordered_map<std::string, convolution_forward> cache;
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    return cache.emplace(key, convolution_forward(pd)).first->second;
+}
+
+// oihw -> a blocked layout with one inner block on o (brgconv's Acdb32a and its kin), over OpenMP threads, one
+// block of B output channels per task: oneDNN 2.6's generic reorder takes about as long as the convolution here.
+// False when `want` is another kind of layout.
+inline bool pack_weights(const float* w, const memory::desc& want, float* dst) {
+    const dnnl_memory_desc_t& d = want.data;
+    if (d.format_kind != dnnl_blocked || d.ndims != 4 || d.extra.flags != 0) return false;
+    const auto& b = d.format_desc.blocking;
+    if (b.inner_nblks != 1 || b.inner_idxs[0] != 0) return false;
+    const long O = d.dims[0], I = d.dims[1], KH = d.dims[2], KW = d.dims[3], B = b.inner_blks[0];
+    if (d.padded_dims[1] != I || d.padded_dims[2] != KH || d.padded_dims[3] != KW) return false;
+    const long OB = d.padded_dims[0] / B, HW = KH * KW;
+    const long s0 = b.strides[0], s1 = b.strides[1], s2 = b.strides[2], s3 = b.strides[3];
+    dst += d.offset0;
+    #pragma omp parallel for schedule(static)
+    for (long ob = 0; ob < OB; ob++)
+        for (long i = 0; i < I; i++)
+            for (long hw = 0; hw < HW; hw++) {
+                float* to = dst + ob * s0 + i * s1 + (hw / KW) * s2 + (hw % KW) * s3;
+                const float* from = w + i * HW + hw;
+                for (long oi = 0; oi < B; oi++) {
+                    const long o = ob * B + oi;
+                    to[oi] = o < O ? from[o * I * HW] : 0.f;
+                }
+            }
+    return true;
+}
+
+inline void reorder_weights(memory& user, memory& m) {
+    auto& r = runtime();
+    if (!pack_weights(static_cast<const float*>(user.get_data_handle()), m.get_desc(),
+                      static_cast<float*>(m.get_data_handle())))
+        reorder(user, m).execute(r.strm, user, m);
+}
+
+// Reordered weights by the weight Var's node id (Jittor never reuses one; assign/update make a new node),
+// least recently used dropped first beyond `budget` bytes.
+struct Packed { long long id; memory mem; size_t bytes; };
+inline std::list<Packed>& packed() { static std::list<Packed> l; return l; }
+inline size_t& packed_bytes() { static size_t n = 0; return n; }
+
+inline memory weights_for(long long id, memory& user, const memory::desc& want, size_t budget) {
+    auto& r = runtime();
+    if (user.get_desc() == want) return user;
+    if (budget == 0) {
+        memory m(want, r.eng, buffer(1).get(want.get_size()));
+        reorder_weights(user, m);
+        return m;
+    }
+    auto& l = packed();
+    for (auto it = l.begin(); it != l.end(); ++it) {
+        if (it->id == id && it->mem.get_desc() == want) {
+            l.splice(l.begin(), l, it);
+            return l.front().mem;
+        }
+    }
+    memory m(want, r.eng);
+    reorder_weights(user, m);
+    l.push_front(Packed{id, m, want.get_size()});
+    packed_bytes() += want.get_size();
+    while (packed_bytes() > budget && l.size() > 1) {
+        packed_bytes() -= l.back().bytes;
+        l.pop_back();
+    }
+    return m;
+}
+inline void forward(float* x, float* w, float* b, float* y, long long wid, const memory::dims& src,
+        const memory::dims& wei, const memory::dims& dst, const memory::dims& strides, const memory::dims& dil,
+        const memory::dims& pad, size_t budget) {
+    auto& r = runtime();
+    auto& pd = conv_pd(src, wei, dst, strides, dil, pad, b != nullptr);
+    auto& prim = conv_prim(key_of({src, wei, dst, strides, dil, pad}, b != nullptr), pd);
+    memory user_src({src, dt::f32, tag::nchw}, r.eng, x);
+    memory user_wei({wei, dt::f32, tag::oihw}, r.eng, w);
+    memory user_dst({dst, dt::f32, tag::nchw}, r.eng, y);
+    memory conv_src = user_src;
+    if (pd.src_desc() != user_src.get_desc()) {
+        conv_src = memory(pd.src_desc(), r.eng, buffer(0).get(pd.src_desc().get_size()));
+        reorder(user_src, conv_src).execute(r.strm, user_src, conv_src);
+    }
+    memory conv_wei = weights_for(wid, user_wei, pd.weights_desc(), budget);
+    memory conv_dst = user_dst;
+    if (pd.dst_desc() != user_dst.get_desc())
+        conv_dst = memory(pd.dst_desc(), r.eng, buffer(2).get(pd.dst_desc().get_size()));
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, conv_src}, {DNNL_ARG_WEIGHTS, conv_wei},
+                                         {DNNL_ARG_DST, conv_dst}};
+    if (b) args.insert({DNNL_ARG_BIAS, memory({{dst[1]}, dt::f32, tag::a}, r.eng, b)});
+    prim.execute(r.strm, args);
+    if (conv_dst != user_dst) reorder(conv_dst, user_dst).execute(r.strm, conv_dst, user_dst);
+    r.strm.wait();
+}
+}  // namespace jstyle_conv
+"""
+
+# in0 = x [N, C, H, W], in1 = weight [O, C, KH, KW], in2 = bias [O] (when BIAS); out0 = y [N, O, OH, OW]
+_SRC = r"""
+jstyle_conv::forward(in0_p, in1_p, BIAS_PTR, out0_p, (long long)in1->id,
+    {in0_shape0, in0_shape1, in0_shape2, in0_shape3}, {in1_shape0, in1_shape1, in1_shape2, in1_shape3},
+    {out0_shape0, out0_shape1, out0_shape2, out0_shape3}, {SH, SW}, {DH, DW}, {PH, PW}, BUDGET);
+"""
+
+
+def fast_conv_available() -> bool:
+    """True where this module's oneDNN forward runs: CPU with Jittor's oneDNN ops (use_mkl=1)."""
+    return not jt.flags.use_cuda and getattr(jt, "mkl_ops", None) is not None
+
+
+def _budget() -> int:
+    """Bytes of reordered weights kept between calls (JSTYLE_CONV_CACHE_MB; 0, the default, keeps none)."""
+    return int(float(os.environ.get("JSTYLE_CONV_CACHE_MB", "0")) * 2**20)
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1  # torch.nn.Conv2d's output size
+
+
+def _forward(x: jt.Var, weight: jt.Var, bias: jt.Var | None, stride, padding, dilation) -> jt.Var:
+    n, _, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    shape = (n, o, _out_size(h, kh, stride[0], padding[0], dilation[0]),
+             _out_size(w, kw, stride[1], padding[1], dilation[1]))
+    src = _SRC
+    for name, value in (("SH", stride[0]), ("SW", stride[1]), ("DH", dilation[0] - 1), ("DW", dilation[1] - 1),
+                        ("PH", padding[0]), ("PW", padding[1]), ("BUDGET", f"{_budget()}ull"),
+                        ("BIAS_PTR", "in2_p" if bias is not None else "nullptr")):
+        src = src.replace(name, str(value))
+    inputs = [x, weight] + ([bias] if bias is not None else [])
+    return jt.code(shape, "float32", inputs, cpu_header=_HEADER, cpu_src=src)
+
+
+class _Conv(jt.Function):
+    """y = conv(x, W) + b by oneDNN; gradients by Jittor's oneDNN backward ops (computed only where used)."""
+
+    def execute(self, x, weight, bias, stride, padding, dilation):
+        self.saved = (x, weight, stride, padding, dilation, bias is not None)
+        return _forward(x, weight, bias, stride, padding, dilation)
+
+    def grad(self, dy):
+        x, weight, stride, padding, dilation, has_bias = self.saved
+        args = (*stride, *padding, *dilation, 1)
+        dx = jt.mkl_ops.mkl_conv_backward_x(weight, dy, x.shape[2], x.shape[3], *args)
+        dw = jt.mkl_ops.mkl_conv_backward_w(x, dy, weight.shape[2], weight.shape[3], *args)
+        db = dy.sum([0, 2, 3]) if has_bias else None
+        return dx, dw, db
+
+
+def conv2d(x: jt.Var, weight: jt.Var, bias: jt.Var | None = None, stride: tuple[int, int] = (1, 1),
+           padding: tuple[int, int] = (0, 0), dilation: tuple[int, int] = (1, 1)) -> jt.Var:
+    """torch.nn.functional.conv2d (groups=1) on [N, C, H, W] float32 by oneDNN; elsewhere Jittor's nn.conv2d."""
+    if not (fast_conv_available() and x.dtype == "float32" and weight.dtype == "float32"
+            and (bias is None or bias.dtype == "float32")):
+        return nn.conv2d(x, weight, bias, stride, padding, dilation)
+    if jt.flags.no_grad:
+        return _forward(x, weight, bias, stride, padding, dilation)
+    return _Conv.apply(x, weight, bias, stride, padding, dilation)
+
+
+class Conv2d(nn.Conv2d):
+    """jittor.nn.Conv2d (same parameters and state-dict keys) whose forward is `conv2d` above."""
+
+    def execute(self, x: jt.Var) -> jt.Var:
+        if self.groups != 1:
+            return super().execute(x)
+        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)

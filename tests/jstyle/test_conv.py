@@ -1,0 +1,72 @@
+"""jstyle.models.conv: the oneDNN Conv2d forward gives Jittor's nn.conv2d's numbers, its gradients are Jittor's, and a
+cached reordered weight never outlives the weight it was made from."""
+
+from __future__ import annotations
+
+import jittor as jt
+import numpy as np
+import pytest
+from jittor import nn
+
+from jstyle.models import conv as C
+
+from ..tolerance import assert_close, f32_bound
+
+pytestmark = pytest.mark.skipif(not C.fast_conv_available(), reason="needs Jittor's oneDNN ops (use_mkl=1) on CPU")
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((2, 8, 9, 9)).astype(np.float32)
+W3 = (RNG.standard_normal((16, 8, 3, 3)) * 0.1).astype(np.float32)
+W1 = (RNG.standard_normal((16, 8, 1, 1)) * 0.1).astype(np.float32)
+B = RNG.standard_normal(16).astype(np.float32)
+
+# (weight, stride, padding, bias): the UNet's and VAE's three kinds (3x3, stride-2 3x3, 1x1), and one without bias
+CASES = [(W3, 1, 1, True), (W3, 2, 0, True), (W1, 1, 0, True), (W3, 1, 1, False)]
+
+
+@pytest.mark.parametrize("w,stride,padding,bias", CASES)
+def test_forward_is_jittors_conv(w, stride, padding, bias):
+    x, weight = jt.array(X), jt.array(w)
+    b = jt.array(B) if bias else None
+    with jt.no_grad():
+        want = nn.conv2d(x, weight, b, stride, padding).numpy()
+        got = C.conv2d(x, weight, b, (stride, stride), (padding, padding)).numpy()
+    # The same oneDNN convolution on the same inputs; only the bias is added inside it instead of after it, which
+    # rounds the same sum in the same order: equal to the last bit (measured: max |diff| 0.0).
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() == 0.0
+
+
+@pytest.mark.parametrize("w,stride,padding,bias", CASES[:3])
+def test_gradients_are_jittors(w, stride, padding, bias):
+    x, weight, b = jt.array(X), jt.array(w), jt.array(B)
+    dy_shape = nn.conv2d(x, weight, b, stride, padding).shape
+    dy = jt.array(np.random.default_rng(1).standard_normal(dy_shape).astype(np.float32))
+    want = jt.grad((nn.conv2d(x, weight, b, stride, padding) * dy).sum(), [x, weight, b])
+    got = jt.grad((C.conv2d(x, weight, b, (stride, stride), (padding, padding)) * dy).sum(), [x, weight, b])
+    # dx, dW, db: float32 sums of up to 2*9*9 products of standard normals (|sum| up to ~10), summed in another
+    # order by the reference's graph: eps32 x 162 x 10 = 1.9e-4 (measured: dW 1.5e-5, dx and db 0.0).
+    for name, g, r in zip(("dx", "dW", "db"), got, want):
+        assert_close(g.numpy(), r.numpy(), atol=f32_bound(2 * 9 * 9, 10.0), what=name)
+
+
+def test_module_is_a_jittor_conv2d_with_the_same_keys():
+    m = C.Conv2d(8, 16, 3, padding=1)
+    assert isinstance(m, nn.Conv2d)
+    assert sorted(m.state_dict()) == ["bias", "weight"]
+
+
+def test_cached_weights_follow_the_weight(monkeypatch):
+    monkeypatch.setenv("JSTYLE_CONV_CACHE_MB", "64")
+    x = jt.array(X)
+    m = C.Conv2d(8, 16, 3, padding=1)
+    with jt.no_grad():
+        m.weight.assign(jt.array(W3))
+        m.bias.assign(jt.array(B))
+        first = m(x).numpy()
+        assert np.abs(m(x).numpy() - first).max() == 0.0  # the second call reads the cached reordered weight
+        m.weight.update(jt.array(2 * W3))  # a new weight (as load_parameters, LoRA fuse and optimisers make)
+        second = m(x).numpy()
+        want = nn.conv2d(x, jt.array(2 * W3), jt.array(B), 1, 1).numpy()
+    assert np.abs(second - want).max() == 0.0
+    assert np.abs(second - first).max() > 0.1
