@@ -4,7 +4,8 @@ Jittor's own oneDNN convolution builds its engine, stream and buffers on every c
 reordered weights, input and output (the kernel zeroes them: about half of a UNet step's time on CPU) and adds the bias
 in a separate pass. This op keeps one engine, the primitives per shape, grow-only scratch buffers and, optionally, the
 reordered weights (`JSTYLE_CONV_CACHE_MB`), and fuses the bias. Elsewhere (CUDA, float16, no oneDNN) it is Jittor's
-`nn.Conv2d`. The gradients are Jittor's oneDNN backward ops, so training goes through it too.
+`nn.Conv2d`. The input gradient is the same kind of oneDNN call; the weight gradient (trained convs
+only) is Jittor's oneDNN op.
 """
 
 from __future__ import annotations
@@ -171,6 +172,48 @@ inline void forward(float* x, float* w, float* b, float* y, long long wid, const
     if (conv_dst != user_dst) reorder(conv_dst, user_dst).execute(r.strm, conv_dst, user_dst);
     r.strm.wait();
 }
+
+inline convolution_backward_data::primitive_desc& bwd_pd(const memory::dims& src, const memory::dims& wei,
+        const memory::dims& dst, const memory::dims& strides, const memory::dims& dil, const memory::dims& pad) {
+    static std::unordered_map<std::string, convolution_backward_data::primitive_desc> cache;
+    auto key = key_of({src, wei, dst, strides, dil, pad}, false);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    auto any = [](const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); };
+    auto& r = runtime();
+    convolution_forward::primitive_desc hint(convolution_forward::desc(prop_kind::forward_training,
+        algorithm::convolution_direct, any(src), any(wei), any(dst), strides, dil, pad, pad), r.eng);
+    convolution_backward_data::desc desc(algorithm::convolution_direct, any(src), any(wei), any(dst), strides, dil,
+                                         pad, pad);
+    return cache.emplace(key, convolution_backward_data::primitive_desc(desc, r.eng, hint)).first->second;
+}
+
+// dx = conv^T(dy, W): the gradient of `forward` with respect to its input, with the same buffers.
+inline void backward_data(float* dy, float* w, float* dx, const memory::dims& src, const memory::dims& wei,
+        const memory::dims& dst, const memory::dims& strides, const memory::dims& dil, const memory::dims& pad) {
+    auto& r = runtime();
+    auto& pd = bwd_pd(src, wei, dst, strides, dil, pad);
+    static std::unordered_map<std::string, convolution_backward_data> prims;
+    auto key = key_of({src, wei, dst, strides, dil, pad}, false);
+    auto it = prims.find(key);
+    if (it == prims.end()) it = prims.emplace(key, convolution_backward_data(pd)).first;
+    memory user_dy({dst, dt::f32, tag::nchw}, r.eng, dy);
+    memory user_wei({wei, dt::f32, tag::oihw}, r.eng, w);
+    memory user_dx({src, dt::f32, tag::nchw}, r.eng, dx);
+    memory conv_dy = user_dy;
+    if (pd.diff_dst_desc() != user_dy.get_desc()) {
+        conv_dy = memory(pd.diff_dst_desc(), r.eng, buffer(0).get(pd.diff_dst_desc().get_size()));
+        reorder(user_dy, conv_dy).execute(r.strm, user_dy, conv_dy);
+    }
+    memory conv_wei = weights_for(0, user_wei, pd.weights_desc(), 0);
+    memory conv_dx = user_dx;
+    if (pd.diff_src_desc() != user_dx.get_desc())
+        conv_dx = memory(pd.diff_src_desc(), r.eng, buffer(2).get(pd.diff_src_desc().get_size()));
+    it->second.execute(r.strm, {{DNNL_ARG_DIFF_DST, conv_dy}, {DNNL_ARG_WEIGHTS, conv_wei},
+                                {DNNL_ARG_DIFF_SRC, conv_dx}});
+    if (conv_dx != user_dx) reorder(conv_dx, user_dx).execute(r.strm, conv_dx, user_dx);
+    r.strm.wait();
+}
 }  // namespace jstyle_conv
 """
 
@@ -179,6 +222,14 @@ _SRC = r"""
 jstyle_conv::forward(in0_p, in1_p, BIAS_PTR, out0_p, (long long)in1->id,
     {in0_shape0, in0_shape1, in0_shape2, in0_shape3}, {in1_shape0, in1_shape1, in1_shape2, in1_shape3},
     {out0_shape0, out0_shape1, out0_shape2, out0_shape3}, {SH, SW}, {DH, DW}, {PH, PW}, BUDGET);
+"""
+
+
+# in0 = dy [N, O, OH, OW], in1 = weight [O, C, KH, KW]; out0 = dx [N, C, H, W]
+_BWD_SRC = r"""
+jstyle_conv::backward_data(in0_p, in1_p, out0_p,
+    {out0_shape0, out0_shape1, out0_shape2, out0_shape3}, {in1_shape0, in1_shape1, in1_shape2, in1_shape3},
+    {in0_shape0, in0_shape1, in0_shape2, in0_shape3}, {SH, SW}, {DH, DW}, {PH, PW});
 """
 
 
@@ -196,22 +247,31 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1  # torch.nn.Conv2d's output size
 
 
+def _source(template: str, stride, padding, dilation, bias: bool = False) -> str:
+    for name, value in (("SH", stride[0]), ("SW", stride[1]), ("DH", dilation[0] - 1), ("DW", dilation[1] - 1),
+                        ("PH", padding[0]), ("PW", padding[1]), ("BUDGET", f"{_budget()}ull"),
+                        ("BIAS_PTR", "in2_p" if bias else "nullptr")):
+        template = template.replace(name, str(value))
+    return template
+
+
 def _forward(x: jt.Var, weight: jt.Var, bias: jt.Var | None, stride, padding, dilation) -> jt.Var:
     n, _, h, w = x.shape
     o, _, kh, kw = weight.shape
     shape = (n, o, _out_size(h, kh, stride[0], padding[0], dilation[0]),
              _out_size(w, kw, stride[1], padding[1], dilation[1]))
-    src = _SRC
-    for name, value in (("SH", stride[0]), ("SW", stride[1]), ("DH", dilation[0] - 1), ("DW", dilation[1] - 1),
-                        ("PH", padding[0]), ("PW", padding[1]), ("BUDGET", f"{_budget()}ull"),
-                        ("BIAS_PTR", "in2_p" if bias is not None else "nullptr")):
-        src = src.replace(name, str(value))
     inputs = [x, weight] + ([bias] if bias is not None else [])
-    return jt.code(shape, "float32", inputs, cpu_header=_HEADER, cpu_src=src)
+    return jt.code(shape, "float32", inputs, cpu_header=_HEADER,
+                   cpu_src=_source(_SRC, stride, padding, dilation, bias is not None))
+
+
+def _backward_data(dy: jt.Var, weight: jt.Var, x_shape, stride, padding, dilation) -> jt.Var:
+    return jt.code(tuple(x_shape), "float32", [dy, weight], cpu_header=_HEADER,
+                   cpu_src=_source(_BWD_SRC, stride, padding, dilation))
 
 
 class _Conv(jt.Function):
-    """y = conv(x, W) + b by oneDNN; gradients by Jittor's oneDNN backward ops (computed only where used)."""
+    """y = conv(x, W) + b by oneDNN; dx by oneDNN here, dW by Jittor's oneDNN op (each computed only where used)."""
 
     def execute(self, x, weight, bias, stride, padding, dilation):
         self.saved = (x, weight, stride, padding, dilation, bias is not None)
@@ -220,7 +280,7 @@ class _Conv(jt.Function):
     def grad(self, dy):
         x, weight, stride, padding, dilation, has_bias = self.saved
         args = (*stride, *padding, *dilation, 1)
-        dx = jt.mkl_ops.mkl_conv_backward_x(weight, dy, x.shape[2], x.shape[3], *args)
+        dx = _backward_data(dy, weight, x.shape, stride, padding, dilation)
         dw = jt.mkl_ops.mkl_conv_backward_w(x, dy, weight.shape[2], weight.shape[3], *args)
         db = dy.sum([0, 2, 3]) if has_bias else None
         return dx, dw, db
