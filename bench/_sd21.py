@@ -47,6 +47,41 @@ def configs(tiny: bool = False) -> tuple[dict, dict, dict]:
     return {**UNET, **TINY["unet"]}, {**VAE, **TINY["vae"]}, {**TEXT, **TINY["text"]}
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def machine_line(torch_threads: int | None = None) -> str:
+    """The CPU model, the ISA flags that matter, oneDNN's version and the thread counts: a figure's context."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    isa = ",".join(f for f in ISA_FLAGS if f in flags) or "none of " + ",".join(ISA_FLAGS)
+    dnnl = "not found"
+    try:  # the headers Jittor's oneDNN ops were compiled against name the patch level too
+        with open("/usr/include/oneapi/dnnl/dnnl_version.h") as f:
+            parts = {w[1]: w[2] for w in (line.split() for line in f) if len(w) == 3 and w[0] == "#define"}
+        dnnl = ".".join(parts[f"DNNL_VERSION_{k}"] for k in ("MAJOR", "MINOR", "PATCH"))
+    except (OSError, KeyError):
+        pass
+    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"):
+        real = os.path.realpath(os.path.join(folder, "libdnnl.so.2"))
+        if dnnl == "not found" and os.path.exists(real):
+            dnnl = os.path.basename(real).replace("libdnnl.so.", "")
+            break
+    threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, cores={os.cpu_count()}"
+    if torch_threads is not None:
+        threads += f", torch threads={torch_threads}"
+    model = info.get("model name", "unknown CPU")
+    family = f"family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+    return f"machine: {model} ({family}), ISA {isa}, libdnnl {dnnl}, {threads}"
+
+
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     """Run once to warm up (Jittor compiles here), then `repeats` times; seconds."""
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _sd21 import GpuSampler, device_memory_mb, emit, memory_of, peak_rss_mb, timed  # noqa: E402
+from _sd21 import GpuSampler, device_memory_mb, emit, machine_line, memory_of, peak_rss_mb, timed  # noqa: E402
 from unet_step import checker_with_folder, collect, device_args, gpu_check_line, sd21_folder  # noqa: E402
 
 
@@ -93,6 +93,7 @@ def main() -> int:
                    + ["--gradient-checkpointing"] * args.gradient_checkpointing, sampler)
     gpu = sampler.stop() if sampler is not None else {}
     r, o = ref["train_step"]["median_s"], ours["train_step"]["median_s"]
+    print(machine_line(args.threads))
     print(f"SD2.1 architecture, random weights, latent {args.latent}x{args.latent}, LoRA rank 4 "
           f"({ours['lora_params']} vs {ref['lora_params']} trainable), median of {args.repeats}, gradient "
           f"checkpointing {'on' if args.gradient_checkpointing else 'off'}")

@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _sd21 import GpuSampler, Worker, alternate, child_env, memory_of, serve  # noqa: E402
+from _sd21 import GpuSampler, Worker, alternate, child_env, machine_line, memory_of, serve  # noqa: E402
 from unet_step import checker_with_folder, device_args, gpu_check_line, sd21_folder  # noqa: E402
 
 
@@ -98,6 +98,7 @@ def main() -> int:
         memory = {"gpu": sampler.stop(), **{side: memory_of(workers[side].final, sampler, pid)
                                             for side, pid in pids.items()}}
     r, o = res["diffusers"]["txt2img"]["median_s"], res["jstyle"]["txt2img"]["median_s"]
+    print(machine_line(args.threads))
     print(f"SD2.1 architecture, random weights, {8 * args.latent}x{8 * args.latent} px, {args.device} {args.dtype}, "
           f"{args.steps} DDIM steps, "
           f"CFG 7.5, median of {args.repeats} alternating runs per side")

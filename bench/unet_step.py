@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _sd21 import GpuSampler, Worker, alternate, child_env, memory_of, serve  # noqa: E402
+from _sd21 import GpuSampler, Worker, alternate, child_env, machine_line, memory_of, serve  # noqa: E402
 
 PARTS = {"unet": "unet", "vae": "vae_decode", "text": "text_encode"}
 
@@ -154,6 +154,7 @@ def main() -> int:
             gpu[PARTS[part]] = {"gpu": sampler.stop(), **{side: memory_of(workers[side].final, sampler, pid)
                                                           for side, pid in pids.items()}}
         rows.append((PARTS[part], res["diffusers"][PARTS[part]], res["jstyle"][PARTS[part]]))
+    print(machine_line(args.threads))
     print(f"SD2.1 architecture, random weights, latent {args.latent}x{args.latent}, {args.device} {args.dtype}, "
           f"median of {args.repeats} alternating calls per side")
     print(f"{'part':<12} {'diffusers s':>12} {'jstyle s':>10} {'ratio':>7} {'jstyle first s':>15}")
