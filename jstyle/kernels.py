@@ -1,10 +1,11 @@
-"""Multi-threaded CPU kernels for the hot non-GEMM ops (GroupNorm, LayerNorm, GELU, SiLU, softmax's exp).
+"""Multi-threaded CPU kernels for the hot non-GEMM ops: GroupNorm (+ SiLU), LayerNorm, GEGLU, softmax's exp.
 
 Jittor's generic kernels run on one thread; these are `jt.code` ops whose loops are split across cores by
 OpenMP (Jittor already compiles every kernel with -fopenmp and loads libgomp, which oneDNN shares). Each has a
-`jt.Function` with a multi-threaded backward kernel. The callers use them only where `enabled(x)` holds
-(CPU and float32) and keep their Jittor expressions everywhere else; the
-expressions are the reference the tests compare with (tests/jstyle/test_kernels.py).
+`jt.Function` with a multi-threaded backward kernel; each does in one pass what Jittor runs as several kernels.
+The callers use them only where `enabled(x)` holds (CPU and float32) and keep their Jittor expressions
+everywhere else; the expressions are the reference the tests compare with (tests/jstyle/test_kernels.py).
+Plain SiLU and GELU kernels were measured slower than Jittor's fused elementwise loops and are not here.
 Scalars (eps) travel in the op's `data` map, so one kernel per (op, rank) is compiled, whatever the shape.
 """
 
@@ -12,10 +13,20 @@ from __future__ import annotations
 
 import jittor as jt
 
-__all__ = ["enabled", "group_norm", "layer_norm", "silu", "gelu", "geglu", "exp_shifted"]
+__all__ = ["enabled", "group_norm", "layer_norm", "geglu", "exp_shifted", "PARALLEL_MIN"]
 
-# Below PARALLEL_MIN elements a loop stays on one thread: waking the team costs more than it saves.
-_HEADER = "#include <cmath>\n#include <omp.h>\n#define PARALLEL_MIN 32768\n"
+_HEADER = "#include <cmath>\n"
+# A loop over fewer elements stays on one thread. A parallel region costs microseconds on idle cores but a
+# scheduler slice (~8 ms, measured) whenever another process holds a core; a single-thread fused loop already
+# beats Jittor's expressions by 2-10x on the norms (bench/kernels.py), so only large tensors are split.
+PARALLEL_MIN = 1 << 21
+
+
+def _code(shapes: list, inputs: list[jt.Var], src: str, **data: float) -> list[jt.Var]:
+    """jt.code with float32 outputs of `shapes`; `data` (and PARALLEL_MIN) reach the source as data["name"]."""
+    data["parallel_min"] = float(PARALLEL_MIN)
+    return jt.code(shapes, ["float32"] * len(shapes), inputs, cpu_header=_HEADER,
+                   cpu_src='const index_t PARALLEL_MIN = data["parallel_min"];\n' + src, data=data)
 
 
 def enabled(x: jt.Var) -> bool:
@@ -126,8 +137,8 @@ class _GroupNorm(jt.Function):
     def execute(self, x: jt.Var, weight: jt.Var, bias: jt.Var) -> jt.Var:
         b, c = x.shape[:2]
         x3 = x.reshape(b, c, -1)
-        y, mean, rstd = jt.code([x3.shape, (b, self.groups), (b, self.groups)], ["float32"] * 3,
-                                [x3, weight, bias], cpu_header=_HEADER, cpu_src=_GN_FWD, data=self.data)
+        y, mean, rstd = _code([x3.shape, (b, self.groups), (b, self.groups)], [x3, weight, bias], _GN_FWD,
+                              **self.data)
         self.saved = (x3, weight, bias, mean, rstd)
         self.shape = x.shape
         return y.reshape(x.shape)
@@ -135,9 +146,8 @@ class _GroupNorm(jt.Function):
     def grad(self, dz: jt.Var) -> tuple[jt.Var, jt.Var, jt.Var]:
         x3, weight, bias, mean, rstd = self.saved
         b, c = x3.shape[:2]
-        dx, dw, db = jt.code([x3.shape, (b, c), (b, c)], ["float32"] * 3,
-                             [x3, weight, bias, mean, rstd, dz.reshape(x3.shape)],
-                             cpu_header=_HEADER, cpu_src=_GN_BWD, data=self.data)
+        dx, dw, db = _code([x3.shape, (b, c), (b, c)], [x3, weight, bias, mean, rstd, dz.reshape(x3.shape)],
+                           _GN_BWD, **self.data)
         return dx.reshape(self.shape), dw.sum(0), db.sum(0)
 
 
@@ -208,17 +218,15 @@ class _LayerNorm(jt.Function):
     def execute(self, x: jt.Var, weight: jt.Var, bias: jt.Var) -> jt.Var:
         d = x.shape[-1]
         x2 = x.reshape(-1, d)
-        y, mean, rstd = jt.code([x2.shape, (x2.shape[0],), (x2.shape[0],)], ["float32"] * 3, [x2, weight, bias],
-                                cpu_header=_HEADER, cpu_src=_LN_FWD, data=self.data)
+        y, mean, rstd = _code([x2.shape, (x2.shape[0],), (x2.shape[0],)], [x2, weight, bias], _LN_FWD, **self.data)
         self.saved, self.shape = (x2, weight, mean, rstd), x.shape
         return y.reshape(x.shape)
 
     def grad(self, dy: jt.Var) -> tuple[jt.Var, jt.Var, jt.Var]:
         x2, weight, mean, rstd = self.saved
         p = min(_LN_CHUNKS, x2.shape[0])
-        dx, dw, db = jt.code([x2.shape, (p, x2.shape[1]), (p, x2.shape[1])], ["float32"] * 3,
-                             [x2, weight, mean, rstd, dy.reshape(x2.shape)],
-                             cpu_header=_HEADER, cpu_src=_LN_BWD)
+        dx, dw, db = _code([x2.shape, (p, x2.shape[1]), (p, x2.shape[1])],
+                           [x2, weight, mean, rstd, dy.reshape(x2.shape)], _LN_BWD)
         return dx.reshape(self.shape), dw.sum(0), db.sum(0)
 
 
@@ -227,59 +235,7 @@ def layer_norm(x: jt.Var, weight: jt.Var, bias: jt.Var, eps: float) -> jt.Var:
     return _LayerNorm(eps)(x, weight, bias)
 
 
-# ------------------------------------------------------------------------------------------------ elementwise
-_SILU_FWD = """
-const index_t n = in0->num;
-#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-for (index_t i = 0; i < n; i++) { float u = in0_p[i]; out0_p[i] = u / (1.0f + std::exp(-u)); }
-"""
-# d silu = s (1 + u (1 - s)), s = sigmoid(u)
-_SILU_BWD = """
-const index_t n = in0->num;
-#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-for (index_t i = 0; i < n; i++) {
-    float u = in0_p[i], s = 1.0f / (1.0f + std::exp(-u));
-    out0_p[i] = in1_p[i] * s * (1.0f + u * (1.0f - s));
-}
-"""
-# gelu(u) = u Phi(u) = 0.5 u (1 + erf(u / sqrt 2)); gelu'(u) = Phi(u) + u phi(u), phi(u) = exp(-u^2 / 2) / sqrt(2 pi)
-_GELU_FWD = """
-const index_t n = in0->num;
-#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-for (index_t i = 0; i < n; i++) { float u = in0_p[i]; out0_p[i] = 0.5f * u * (1.0f + std::erf(u * 0.70710678f)); }
-"""
-_GELU_BWD = """
-const index_t n = in0->num;
-#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-for (index_t i = 0; i < n; i++) {
-    float u = in0_p[i];
-    out0_p[i] = in1_p[i] * (0.5f * (1.0f + std::erf(u * 0.70710678f)) + u * 0.39894228f * std::exp(-0.5f * u * u));
-}
-"""
-
-
-class _Unary(jt.Function):
-    def __init__(self, forward: str, backward: str):
-        self.forward, self.backward = forward, backward
-
-    def execute(self, x: jt.Var) -> jt.Var:
-        self.x = x
-        return jt.code(x.shape, "float32", [x], cpu_header=_HEADER, cpu_src=self.forward)
-
-    def grad(self, dy: jt.Var) -> jt.Var:
-        return jt.code(self.x.shape, "float32", [self.x, dy], cpu_header=_HEADER, cpu_src=self.backward)
-
-
-def silu(x: jt.Var) -> jt.Var:
-    """x * sigmoid(x) of a float32 x."""
-    return _Unary(_SILU_FWD, _SILU_BWD)(x)
-
-
-def gelu(x: jt.Var) -> jt.Var:
-    """Exact GELU 0.5 x (1 + erf(x / sqrt 2)) of a float32 x."""
-    return _Unary(_GELU_FWD, _GELU_BWD)(x)
-
-
+# ------------------------------------------------------------------------------------------------------ GEGLU
 # GEGLU on p [R, 2H] = [h | gate]: out = h * gelu(gate); d h = dy gelu(gate), d gate = dy h gelu'(gate).
 _GEGLU_FWD = """
 const index_t R = in0_shape0, H = out0_shape1;
@@ -313,14 +269,12 @@ class _GEGLU(jt.Function):
     def execute(self, p: jt.Var) -> jt.Var:
         self.p = p.reshape(-1, p.shape[-1])
         shape = (*p.shape[:-1], p.shape[-1] // 2)
-        y = jt.code((self.p.shape[0], p.shape[-1] // 2), "float32", [self.p], cpu_header=_HEADER,
-                    cpu_src=_GEGLU_FWD)
+        y = _code([(self.p.shape[0], p.shape[-1] // 2)], [self.p], _GEGLU_FWD)[0]
         self.shape = p.shape
         return y.reshape(shape)
 
     def grad(self, dy: jt.Var) -> jt.Var:
-        dp = jt.code(self.p.shape, "float32", [self.p, dy.reshape(self.p.shape[0], -1)], cpu_header=_HEADER,
-                     cpu_src=_GEGLU_BWD)
+        dp = _code([self.p.shape], [self.p, dy.reshape(self.p.shape[0], -1)], _GEGLU_BWD)[0]
         return dp.reshape(self.shape)
 
 
@@ -351,11 +305,11 @@ for (index_t i = 0; i < n; i++) out0_p[i] = in0_p[i] * in1_p[i];
 
 class _ExpShifted(jt.Function):
     def execute(self, s: jt.Var) -> jt.Var:
-        self.e = jt.code(s.shape, "float32", [s], cpu_header=_HEADER, cpu_src=_EXP_FWD)
+        self.e = _code([s.shape], [s], _EXP_FWD)[0]
         return self.e
 
     def grad(self, de: jt.Var) -> jt.Var:
-        return jt.code(self.e.shape, "float32", [self.e, de], cpu_header=_HEADER, cpu_src=_EXP_BWD)
+        return _code([self.e.shape], [self.e, de], _EXP_BWD)[0]
 
 
 def exp_shifted(scores: jt.Var) -> jt.Var:

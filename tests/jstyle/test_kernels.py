@@ -1,10 +1,10 @@
 """jstyle.kernels' multi-threaded CPU kernels against the Jittor expressions they replace: outputs and gradients.
 
-Each shape holds at least 32768 elements, so that the loops run split across threads (PARALLEL_MIN), with
-row counts that do not divide evenly among threads or LayerNorm's gradient chunks. Error model: both sides
+The tests set PARALLEL_MIN to 1, so that every loop runs split across threads (the one-thread path is the same
+loop), with row counts that do not divide evenly among threads or LayerNorm's gradient chunks. Error model: both sides
 round in float32; the kernel sums a group's or row's n terms in another order (GroupNorm's in float64) than
 Jittor's reductions, so they differ by at most eps32 x n x the size of the values (`f32_bound`); the
-elementwise ops differ by a few roundings of libm's exp / erf (vectorised or not), eps32 x 8 x |value|.
+elementwise ones (GEGLU, exp) by a few roundings of libm's exp / erf (vectorised or not), eps32 x 8 x |value|.
 """
 
 import math
@@ -16,15 +16,15 @@ import pytest
 from jstyle import kernels
 from jstyle.models.normalization import GroupNorm, LayerNorm, group_norm
 from jstyle.models.transformer_2d import GEGLU
-from jstyle.ops import gelu, silu
 
 from ..tolerance import assert_close, f32_bound
 
 
 @pytest.fixture(autouse=True)
-def on_cpu(jittor_device):
+def threaded_on_cpu(jittor_device, monkeypatch):
     if jittor_device != "cpu":
         pytest.skip("the kernels are CPU-only (JSTYLE_TEST_DEVICE=cuda runs the Jittor expressions)")
+    monkeypatch.setattr(kernels, "PARALLEL_MIN", 1)
 
 
 def _var(rng: np.random.Generator, shape, scale: float = 1.0, shift: float = 0.0) -> jt.Var:
@@ -84,17 +84,6 @@ def test_layer_norm():
            lambda x, w, b: jt.nn.layer_norm(x, (256,), w, b, 1e-5), [x, norm.weight, norm.bias], 4 * 256,
            "layer_norm")
     assert_close(norm(x).numpy(), kernels.layer_norm(x, norm.weight, norm.bias, 1e-5).numpy(), what="module")
-
-
-@pytest.mark.parametrize("name", ["silu", "gelu"])
-def test_activations(name):
-    rng = np.random.default_rng(4)
-    x = _var(rng, (2, 64, 16, 16), scale=4.0)
-    want = {"silu": lambda x: x * jt.sigmoid(x),
-            "gelu": lambda x: 0.5 * x * (1.0 + jt.erf(x * (1.0 / math.sqrt(2.0))))}[name]
-    kernel = {"silu": kernels.silu, "gelu": kernels.gelu}[name]
-    _check(kernel, want, [x], 8, name)
-    assert_close({"silu": silu, "gelu": gelu}[name](x).numpy(), kernel(x).numpy(), what="jstyle.ops dispatch")
 
 
 def test_geglu():
