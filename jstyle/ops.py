@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import jittor as jt
 import numpy as np
 
+from . import kernels
+
 __all__ = ["silu", "gelu", "quick_gelu", "mean_std", "attention", "attention_batched", "attention_per_head",
            "attention_kernel", "ATTENTION_KERNELS", "as_dtype", "randn", "ACTIVATIONS"]
 
@@ -122,7 +124,10 @@ def attention_per_head(
                 scores = scores + _like(mask[min(i, mask.shape[0] - 1), min(j, mask.shape[1] - 1)], scores)
             if upcast_softmax:
                 scores = _f32(scores)
-            e = jt.exp(scores - scores.max(dim=-1, keepdims=True).stop_grad())  # softmax = e / sum(e), shift-free
+            if kernels.enabled(scores):  # softmax = e / sum(e), e = exp(s - max s) (shift-free)
+                e = kernels.exp_shifted(scores)
+            else:
+                e = jt.exp(scores - scores.max(dim=-1, keepdims=True).stop_grad())
             out = jt.matmul(_like(e, value), value[kv])  # jt.exp gives float32 for float16: e in V's dtype
             outs.append(out[:, :d] / out[:, d:])
     return jt.stack(outs).reshape(b, h, *outs[0].shape)

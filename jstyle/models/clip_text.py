@@ -19,6 +19,7 @@ from jittor import nn
 
 from ..errors import ConfigError, InputError
 from ..ops import ACTIVATIONS, attention
+from .normalization import LayerNorm
 
 __all__ = ["CLIPTextModel", "CLIPTextModelOutput", "causal_attention_mask", "pooled_positions"]
 
@@ -110,9 +111,9 @@ class CLIPEncoderLayer(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, num_heads: int, act: str, eps: float):
         super().__init__()
         self.self_attn = CLIPAttention(hidden_size, num_heads)
-        self.layer_norm1 = nn.LayerNorm(hidden_size, eps=eps)
+        self.layer_norm1 = LayerNorm(hidden_size, eps=eps)
         self.mlp = CLIPMLP(hidden_size, intermediate_size, act)
-        self.layer_norm2 = nn.LayerNorm(hidden_size, eps=eps)
+        self.layer_norm2 = LayerNorm(hidden_size, eps=eps)
 
     def execute(self, x: jt.Var, mask: jt.Var | None = None) -> jt.Var:
         x = x + self.self_attn(self.layer_norm1(x), mask)
@@ -138,7 +139,7 @@ class CLIPTextModel(nn.Module):
             c["num_hidden_layers"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
             num_heads=c["num_attention_heads"], act=c["hidden_act"], eps=c["layer_norm_eps"],
         )
-        self.final_layer_norm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+        self.final_layer_norm = LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> CLIPTextModel:

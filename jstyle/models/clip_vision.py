@@ -15,6 +15,7 @@ from jittor import nn
 from ..errors import ConfigError, InputError
 from .clip_text import CLIPEncoder
 from .conv import Conv2d
+from .normalization import LayerNorm
 
 __all__ = ["CLIPVisionModelWithProjection", "clip_preprocess", "CLIP_MEAN", "CLIP_STD"]
 
@@ -71,12 +72,12 @@ class CLIPVisionTransformer(nn.Module):
     def __init__(self, c: dict[str, Any]):
         super().__init__()
         self.embeddings = CLIPVisionEmbeddings(c["hidden_size"], c["image_size"], c["patch_size"], c["num_channels"])
-        self.pre_layrnorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])  # sic, transformers' name
+        self.pre_layrnorm = LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])  # sic, transformers' name
         self.encoder = CLIPEncoder(
             c["num_hidden_layers"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
             num_heads=c["num_attention_heads"], act=c["hidden_act"], eps=c["layer_norm_eps"],
         )
-        self.post_layernorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+        self.post_layernorm = LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
 
 
 class CLIPVisionModelWithProjection(nn.Module):

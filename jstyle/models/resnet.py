@@ -38,10 +38,10 @@ class ResnetBlock2D(ForwardHooksMixin, nn.Module):
         self.conv_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def execute(self, x: jt.Var, temb: jt.Var | None = None) -> jt.Var:
-        h = self.conv1(silu(self.norm1(x)))
+        h = self.conv1(self.norm1(x, silu=True))
         if temb is not None and self.time_emb_proj is not None:
             h = h + self.time_emb_proj(silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(silu(self.norm2(h))))
+        h = self.conv2(self.dropout(self.norm2(h, silu=True)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return (x + h) / self.output_scale_factor

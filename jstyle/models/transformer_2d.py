@@ -11,12 +11,13 @@ from typing import Any
 import jittor as jt
 from jittor import nn
 
+from .. import kernels
 from ..errors import ConfigError, InputError
 from ..ops import gelu
 from .attention import Attention
 from .conv import Conv2d
 from .hooks import ForwardHooksMixin
-from .normalization import GroupNorm
+from .normalization import GroupNorm, LayerNorm
 
 __all__ = ["GEGLU", "FeedForward", "BasicTransformerBlock", "Transformer2DModel"]
 
@@ -29,7 +30,10 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2, bias=bias)
 
     def execute(self, x: jt.Var) -> jt.Var:
-        h, gate = jt.chunk(self.proj(x), 2, dim=-1)
+        p = self.proj(x)
+        if kernels.enabled(p):
+            return kernels.geglu(p)
+        h, gate = jt.chunk(p, 2, dim=-1)
         return h * gelu(gate)
 
 
@@ -77,13 +81,13 @@ class BasicTransformerBlock(nn.Module):
         norm_eps: float = 1e-5,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.attn1 = Attention(
             dim, heads=num_attention_heads, dim_head=attention_head_dim, dropout=dropout,
             bias=attention_bias, upcast_attention=upcast_attention,
         )
         if cross_attention_dim is not None:
-            self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+            self.norm2 = LayerNorm(dim, eps=norm_eps)
             self.attn2 = Attention(
                 dim, cross_attention_dim=cross_attention_dim, heads=num_attention_heads,
                 dim_head=attention_head_dim, dropout=dropout, bias=attention_bias,
@@ -92,7 +96,7 @@ class BasicTransformerBlock(nn.Module):
         else:
             self.norm2 = None
             self.attn2 = None
-        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm3 = LayerNorm(dim, eps=norm_eps)
         self.ff = FeedForward(dim, dropout=dropout, activation_fn=activation_fn)
 
     def execute(
