@@ -84,9 +84,12 @@ class _Recompute(jt.Function):
         for m, state in zip(self.rng_owners, after, strict=True):
             m._rng.bit_generator.state = state
         wrt = [x for x, r in zip(inputs, self.requires, strict=True) if r] + params
-        # stop_grad: nothing differentiates these again, and Jittor keeps the graph (and the recomputed
-        # activations) behind any gradient-carrying variable alive
-        grads = [g.stop_grad() for g in jt.grad((out * grad_output.detach()).sum(), wrt)] if wrt else []
+        loss = (out * grad_output.detach()).sum()
+        # built under no_grad (stop_grad): nothing differentiates these again, and Jittor keeps every variable a
+        # second-order gradient could need (the recomputed activations, the backward's own work) alive as long
+        # as a gradient-carrying variable behind them is
+        with jt.no_grad():
+            grads = jt.grad(loss, wrt) if wrt else []
         if self.tape is not None:
             self.tape.entries.append((self.position, grads))  # for run_backward(): block by block
         grads = iter(grads)
