@@ -56,7 +56,8 @@ def jstyle_side(folder: Path, latent: int, repeats: int, checkpointing: bool, de
 
     def step():
         loss = ((unet(x, 500, ctx).float32() - target) ** 2).mean()
-        grads = jt.grad(loss, params)
+        with jt.no_grad():  # as LoRATrainer: first-order gradients only
+            grads = jt.grad(loss, params)
         run_backward(unet, grads)  # with checkpointing: block by block, as LoRATrainer does
         opt.step(grads)
         jt.sync(params)

@@ -215,7 +215,9 @@ class LoRATrainer:
             self._set_dropout_rng(np.random.default_rng([cfg.seed, s, k, 1]))
             b = batches[k] if batches is not None else self.batch(s * accum + k, rng)
             loss = self.compute_loss(b, rng)
-            g = jt.grad(loss * (scale / accum), self.params)
+            scaled = loss * (scale / accum)
+            with jt.no_grad():  # first-order only: Jittor keeps nothing for a gradient of these gradients
+                g = jt.grad(scaled, self.params)
             run_backward(self.models["unet"])  # with checkpointing: block by block (less memory); synced below
             grads = g if grads is None else [a + c for a, c in zip(grads, g, strict=True)]
             jt.sync(grads)
