@@ -37,6 +37,7 @@ def jstyle_side(folder: Path, latent: int, repeats: int, checkpointing: bool, de
     from jstyle.loading import load_model
     from jstyle.models.unet_2d_condition import UNet2DConditionModel
     from jstyle.training.checkpointing import enable_gradient_checkpointing, run_backward
+    from jstyle.training.freeze import freeze_except
     from jstyle.training.optim import AdamW
 
     use_device(device)
@@ -44,10 +45,7 @@ def jstyle_side(folder: Path, latent: int, repeats: int, checkpointing: bool, de
     unet = load_model(UNet2DConditionModel, folder / "unet", dtype=dtype)
     L.inject_lora(unet, ["to_q", "to_k", "to_v", "to_out.0"], rank=4, alpha=4, rng=np.random.default_rng(1))
     params = L.lora_parameters(unet)
-    ids = {id(p) for p in params}
-    for p in unet.parameters():
-        if id(p) not in ids:
-            p.stop_grad()
+    freeze_except(unet, params)  # as LoRATrainer: the base stays frozen through unet.train()
     if checkpointing:
         enable_gradient_checkpointing(unet)
     unet.train()
@@ -58,7 +56,8 @@ def jstyle_side(folder: Path, latent: int, repeats: int, checkpointing: bool, de
 
     def step():
         loss = ((unet(x, 500, ctx).float32() - target) ** 2).mean()
-        grads = jt.grad(loss, params)
+        with jt.no_grad():  # as LoRATrainer: first-order gradients only
+            grads = jt.grad(loss, params)
         run_backward(unet, grads)  # with checkpointing: block by block, as LoRATrainer does
         opt.step(grads)
         jt.sync(params)

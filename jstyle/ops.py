@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jittor as jt
 import numpy as np
@@ -11,7 +11,7 @@ import numpy as np
 from . import kernels
 
 __all__ = ["silu", "gelu", "quick_gelu", "mean_std", "attention", "attention_batched", "attention_per_head",
-           "attention_kernel", "ATTENTION_KERNELS", "as_dtype", "randn", "ACTIVATIONS"]
+           "attention_recomputed", "attention_kernel", "ATTENTION_KERNELS", "as_dtype", "randn", "ACTIVATIONS"]
 
 
 # Jittor's exp / sigmoid / erf return float32 for float16 inputs: the activations cast back, so a float16
@@ -98,6 +98,49 @@ def attention_batched(
     return jt.matmul(_like(jt.nn.softmax(scores, dim=-1), value), value)
 
 
+def _heads(
+    query: jt.Var, key: jt.Var, mask: jt.Var | None,
+) -> Iterator[tuple[int, int, tuple[int, int], jt.Var | None]]:
+    """(i, j, K/V index, mask [N, M] or None) of each (batch i, head j) of query [B, heads, N, d]; a K/V or mask
+    batch or head of 1 broadcasts."""
+    if mask is not None and mask.ndim < 4:
+        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    for i in range(query.shape[0]):
+        for j in range(query.shape[1]):
+            m = None if mask is None else mask[min(i, mask.shape[0] - 1), min(j, mask.shape[1] - 1)]
+            yield i, j, (min(i, key.shape[0] - 1), min(j, key.shape[1] - 1)), m
+
+
+def _head_scores(q: jt.Var, k: jt.Var, mask: jt.Var | None, upcast_softmax: bool) -> jt.Var:
+    """One head's scores q k^T (+ mask), q already scaled; float32 with upcast_softmax."""
+    scores = jt.nn.matmul_transpose(q, k)
+    if mask is not None:
+        scores = scores + _like(mask, scores)
+    return _f32(scores) if upcast_softmax else scores
+
+
+def _per_head(
+    query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.Var | None,
+    upcast_attention: bool, upcast_softmax: bool, row_max: bool = True,
+) -> list[tuple[jt.Var, jt.Var | None]]:
+    """(softmax(scores) V [N, d], the scores' row max [N, 1], or None without `row_max`) of each head."""
+    query, key = _score_inputs(query, key, upcast_attention)
+    query = query * scale  # (s Q) K^T: the scale on the smaller [N, d] operand
+    d = value.shape[-1]
+    value = jt.concat([value, jt.ones((*value.shape[:-1], 1), value.dtype)], dim=-1)  # e @ [V | 1] = [e V, sum e]
+    heads = []
+    for i, j, kv, m in _heads(query, key, mask):
+        scores = _head_scores(query[i, j], key[kv], m, upcast_softmax)
+        if not row_max and kernels.enabled(scores):  # softmax = e / sum(e), e = exp(s - max s) (shift-free)
+            e, top = kernels.exp_shifted(scores), None
+        else:
+            top = scores.max(dim=-1, keepdims=True).stop_grad()
+            e = jt.exp(scores - top)
+        out = jt.matmul(_like(e, value), value[kv])  # jt.exp gives float32 for float16: e in V's dtype
+        heads.append((out[:, :d] / out[:, d:], top))
+    return heads
+
+
 def attention_per_head(
     query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.Var | None = None,
     upcast_attention: bool = False, upcast_softmax: bool = False,
@@ -108,42 +151,107 @@ def attention_per_head(
     normalisation is applied to the [N, d] output instead of the [N, M] probabilities, its row sums taken by
     the same GEMM through a column of ones appended to V (2-5x faster at SD sizes).
     """
-    b, h = query.shape[:2]
-    if mask is not None and mask.ndim < 4:
-        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
-    query, key = _score_inputs(query, key, upcast_attention)
-    query = query * scale  # (s Q) K^T: the scale on the smaller [N, d] operand
-    d = value.shape[-1]
-    value = jt.concat([value, jt.ones((*value.shape[:-1], 1), value.dtype)], dim=-1)  # e @ [V | 1] = [e V, sum e]
-    outs = []
-    for i in range(b):
-        for j in range(h):
-            kv = (min(i, key.shape[0] - 1), min(j, key.shape[1] - 1))  # broadcast a batch or head of 1
-            scores = jt.nn.matmul_transpose(query[i, j], key[kv])
-            if mask is not None:
-                scores = scores + _like(mask[min(i, mask.shape[0] - 1), min(j, mask.shape[1] - 1)], scores)
-            if upcast_softmax:
-                scores = _f32(scores)
-            if kernels.enabled(scores):  # softmax = e / sum(e), e = exp(s - max s) (shift-free)
-                e = kernels.exp_shifted(scores)
-            else:
-                e = jt.exp(scores - scores.max(dim=-1, keepdims=True).stop_grad())
-            out = jt.matmul(_like(e, value), value[kv])  # jt.exp gives float32 for float16: e in V's dtype
-            outs.append(out[:, :d] / out[:, d:])
-    return jt.stack(outs).reshape(b, h, *outs[0].shape)
+    outs = [out for out, _ in _per_head(query, key, value, scale, mask, upcast_attention, upcast_softmax, False)]
+    return jt.stack(outs).reshape(*query.shape[:2], *outs[0].shape)
+
+
+def _head_grads(q: jt.Var, k: jt.Var, v: jt.Var, dout: jt.Var, e: jt.Var) -> tuple[jt.Var, jt.Var, jt.Var]:
+    """dQ, dK, dV of one head (q scaled by s; dQ still to be scaled) from e = exp(scores - row max), float32:
+    P = e / l, l = rowsum(e); dV = P^T dO = e^T (dO / l); dS = P * (dP - rowsum(P * dP)) with dP = dO V^T;
+    dQ = dS K, dK = dS^T q. l from this e (not the forward's rounded row sums), so each row of dS sums to 0."""
+    row_sum = e.sum(dim=-1, keepdims=True)
+    # A^T B as (B^T A)^T: Jittor hands that form to oneDNN (P^T dO as written runs ~15x slower)
+    dv = jt.matmul((dout / _like(row_sum, dout)).transpose(), _like(e, v)).transpose()
+    dp = _f32(jt.nn.matmul_transpose(dout, v))
+    ds = _like(e * (dp - (e * dp).sum(dim=-1, keepdims=True) / row_sum) / row_sum, q)
+    return jt.matmul(ds, k), jt.matmul(q.transpose(), ds).transpose(), dv
+
+
+class _RecomputedAttention(jt.Function):
+    """`attention_per_head` that keeps only Q, K, V and each head's row max of the scores for the backward pass,
+    which recomputes each head's e = exp(scores - max) there (flash attention's backward, `_head_grads`), one
+    head at a time.
+
+    The gradients are built under no_grad: Jittor otherwise keeps every variable a second-order gradient could
+    need (each head's [N, M] scores, P and dS) for as long as the gradients live. Heads run in order (Jittor
+    runs ready ops in creation order; each head's inputs also depend, by a zero, on the previous head's
+    gradients), so one head's [N, M] work lives at a time. The mask gets no gradient (`attention` takes this
+    path only for a mask that needs none).
+    """
+
+    def __init__(self, scale: float, mask: jt.Var | None, upcast_attention: bool, upcast_softmax: bool):
+        self.scale, self.mask = scale, mask
+        self.upcast_attention, self.upcast_softmax = upcast_attention, upcast_softmax
+
+    def execute(self, query: jt.Var, key: jt.Var, value: jt.Var) -> jt.Var:
+        self.saved = [x.detach() for x in (query, key, value)]
+        self.requires = [not x.is_stop_grad() for x in (query, key, value)]
+        with jt.no_grad():  # nothing behind the output: the backward pass recomputes it
+            heads = _per_head(query, key, value, self.scale, self.mask, self.upcast_attention, self.upcast_softmax)
+            out = jt.stack([o for o, _ in heads]).reshape(*query.shape[:2], *heads[0][0].shape)
+        self.row_max = [m for _, m in heads]
+        return out
+
+    def grad(self, dout: jt.Var | None) -> list[jt.Var | None]:
+        if dout is None:
+            return [None, None, None]
+        with jt.no_grad():
+            return self._grads(dout)
+
+    def _grads(self, dout: jt.Var) -> list[jt.Var | None]:
+        query, key, value = self.saved
+        q, k = _score_inputs(query, key, self.upcast_attention)
+        q = q * self.scale  # as in the forward pass: (s Q) K^T
+        dout = _like(dout, value)
+        dq, dk, dv = [], {}, {}
+        anchor = None
+        for (i, j, kv, m), row_max in zip(_heads(query, key, self.mask), self.row_max, strict=True):
+            head = [q[i, j], k[kv], value[kv], dout[i, j]]
+            if anchor is not None:  # after the previous head's gradients
+                head = [x + _like(anchor, x) for x in head]
+            e = jt.exp(_head_scores(head[0], head[1], m, self.upcast_softmax) - row_max)  # as in the forward pass
+            dqh, dkh, dvh = _head_grads(*head, e)
+            dq.append(dqh * self.scale)
+            dk[kv] = dkh if kv not in dk else dk[kv] + dkh
+            dv[kv] = dvh if kv not in dv else dv[kv] + dvh
+            anchor = sum(x.reshape(-1)[:1].sum() for x in (dqh, dkh, dvh)) * 0
+        grads = [jt.stack(dq).reshape(query.shape), _stack_heads(dk, key.shape), _stack_heads(dv, value.shape)]
+        return [_like(g, x) if r else None for g, x, r in zip(grads, (query, key, value), self.requires, strict=True)]
+
+
+def _stack_heads(parts: dict[tuple[int, int], jt.Var], shape: Sequence[int]) -> jt.Var:
+    """Per-(batch, head) [M, d] gradients, by index, stacked into `shape` [B, heads, M, d]."""
+    return jt.stack([parts[i, j] for i in range(shape[0]) for j in range(shape[1])]).reshape(shape)
+
+
+def attention_recomputed(
+    query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.Var | None = None,
+    upcast_attention: bool = False, upcast_softmax: bool = False,
+) -> jt.Var:
+    """`attention_per_head` whose backward pass recomputes the probabilities one head at a time (training
+    memory: one head's [N, M] instead of every head's, and none kept from the forward pass)."""
+    return _RecomputedAttention(scale, mask, upcast_attention, upcast_softmax)(query, key, value)
+
+
+def _needs_grad(*xs: jt.Var) -> bool:
+    return not jt.flags.no_grad and any(not x.is_stop_grad() for x in xs)
 
 
 def attention(
     query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.Var | None = None,
     upcast_attention: bool = False, upcast_softmax: bool = False, kernel: str | None = None,
 ) -> jt.Var:
-    """softmax(scale * Q K^T + mask) V by `kernel` ('batched' / 'per_head'; None: `attention_kernel`'s choice)."""
+    """softmax(scale * Q K^T + mask) V by `kernel` ('batched' / 'per_head'; None: `attention_kernel`'s choice).
+
+    per_head with gradients to compute (training) takes `attention_recomputed`: the same forward pass."""
     kernel = kernel or attention_kernel(query.ndim, bool(jt.flags.use_cuda))
     if kernel not in ATTENTION_KERNELS:
         raise ValueError(f"unknown attention kernel '{kernel}'; use one of {', '.join(ATTENTION_KERNELS)}")
     if kernel == "per_head" and query.ndim != 4:
         raise ValueError(f"the per_head attention kernel needs [B, heads, N, d], got {query.ndim}-D; use batched")
     fn = attention_batched if kernel == "batched" else attention_per_head
+    if kernel == "per_head" and _needs_grad(query, key, value) and (mask is None or mask.is_stop_grad()):
+        fn = attention_recomputed  # training: the same forward, a backward that holds one head at a time
     return fn(query, key, value, scale, mask, upcast_attention, upcast_softmax)
 
 

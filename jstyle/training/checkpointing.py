@@ -4,7 +4,8 @@ sublinear memory cost"). Jittor has no built-in one; this is a `jt.Function` who
 installed as a forward wrapper (jstyle.models.hooks) on each ResNet and transformer block.
 
     enable_gradient_checkpointing(unet)   # as diffusers' unet.enable_gradient_checkpointing()
-    grads = jt.grad(loss, params)
+    with jt.no_grad():                    # first-order gradients: Jittor keeps nothing for a second order
+        grads = jt.grad(loss, params)
     run_backward(unet, grads)             # the backward pass block by block (the memory saving needs it)
     disable_gradient_checkpointing(unet)
 """
@@ -75,18 +76,21 @@ class _Recompute(jt.Function):
         # The recomputed inputs depend on the gradient (by a zero), so Jittor cannot run the recomputation
         # before the backward pass arrives here, which would keep its activations alive as long as before.
         anchor = (grad_output.reshape(-1)[:1].sum() * 0).stop_grad()
-        inputs = [(x + anchor.cast(x.dtype)) if r else x for x, r in zip(self.saved, self.requires, strict=True)]
         after = [m._rng.bit_generator.state for m in self.rng_owners]
         for m, state in zip(self.rng_owners, self.rng_states, strict=True):
             m._rng.bit_generator.state = state  # the same dropout masks as in the forward pass
-        with jt.enable_grad():
+        with jt.enable_grad():  # the recomputation's graph, whether or not jt.grad runs under no_grad
+            inputs = [(x + anchor.cast(x.dtype)) if r else x for x, r in zip(self.saved, self.requires, strict=True)]
             out = self.fn(*inputs)
+            loss = (out * grad_output.detach()).sum()
         for m, state in zip(self.rng_owners, after, strict=True):
             m._rng.bit_generator.state = state
         wrt = [x for x, r in zip(inputs, self.requires, strict=True) if r] + params
-        # stop_grad: nothing differentiates these again, and Jittor keeps the graph (and the recomputed
-        # activations) behind any gradient-carrying variable alive
-        grads = [g.stop_grad() for g in jt.grad((out * grad_output.detach()).sum(), wrt)] if wrt else []
+        # built under no_grad (stop_grad): nothing differentiates these again, and Jittor keeps every variable a
+        # second-order gradient could need (the recomputed activations, the backward's own work) alive as long
+        # as a gradient-carrying variable behind them is
+        with jt.no_grad():
+            grads = jt.grad(loss, wrt) if wrt else []
         if self.tape is not None:
             self.tape.entries.append((self.position, grads))  # for run_backward(): block by block
         grads = iter(grads)

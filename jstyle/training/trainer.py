@@ -27,6 +27,7 @@ from ..schedulers import DDIMScheduler
 from .checkpointing import disable_gradient_checkpointing, enable_gradient_checkpointing, run_backward
 from .config import RESUME_FREE_FIELDS, LoRATrainConfig
 from .dataset import Example, augment, class_augment, ensure_class_images, load_style_examples
+from .freeze import freeze_except
 from .optim import AdamW, LossScaler, all_finite, clip_grad_norm, lr_at
 
 __all__ = ["LoRATrainer", "Batch", "mse", "dreambooth_loss", "CHECKPOINT_DIR"]
@@ -85,10 +86,7 @@ class LoRATrainer:
                           init=cfg.init, rng=np.random.default_rng([cfg.seed, 2, i]))
         self.lora_models = {c: self.models[c] for c in cfg.targets()}
         for model in self.models.values():  # freeze the base: gradients only for LoRA tensors
-            lora_ids = {id(p) for p in L.lora_parameters(model)}
-            for p in model.parameters():
-                if id(p) not in lora_ids:
-                    p.stop_grad()
+            freeze_except(model, L.lora_parameters(model))
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(self.models["unet"])
         else:
@@ -217,7 +215,9 @@ class LoRATrainer:
             self._set_dropout_rng(np.random.default_rng([cfg.seed, s, k, 1]))
             b = batches[k] if batches is not None else self.batch(s * accum + k, rng)
             loss = self.compute_loss(b, rng)
-            g = jt.grad(loss * (scale / accum), self.params)
+            scaled = loss * (scale / accum)
+            with jt.no_grad():  # first-order only: Jittor keeps nothing for a gradient of these gradients
+                g = jt.grad(scaled, self.params)
             run_backward(self.models["unet"])  # with checkpointing: block by block (less memory); synced below
             grads = g if grads is None else [a + c for a, c in zip(grads, g, strict=True)]
             jt.sync(grads)

@@ -262,3 +262,15 @@ def test_cli_and_function_api(model_dir, style_dir, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     with pytest.raises(JStyleError):
         train_lora(config(style_dir, tmp_path / "x"))
+
+
+def test_base_stays_frozen_through_train_steps(pipe, style_dir, tmp_path):
+    """LoRATrainer's train()/eval() around each step must not restart the base weights' gradients (Jittor's
+    eval() recorded them as trainable when the model was loaded; see jstyle.training.freeze)."""
+    tr = LoRATrainer(pipe, config(style_dir, tmp_path, gradient_checkpointing=True))
+    lora = {id(p) for p in L.lora_parameters(pipe.unet)}
+    tr.train_step()
+    tr.train_step()
+    assert all(p.is_stop_grad() for c in ("unet", "text_encoder") for p in getattr(pipe, c).parameters()
+               if id(p) not in lora)
+    L.remove_lora(pipe.unet)
