@@ -147,6 +147,27 @@ inline memory weights_for(long long id, memory& user, const memory::desc& want, 
     }
     return m;
 }
+// `user` in the layout `want`: itself when it already is, else a copy in kept buffer `slot`.
+inline memory in_layout(memory& user, const memory::desc& want, int slot) {
+    if (want == user.get_desc()) return user;
+    auto& r = runtime();
+    memory m(want, r.eng, buffer(slot).get(want.get_size()));
+    reorder(user, m).execute(r.strm, user, m);
+    return m;
+}
+
+// Where a primitive writes `user` in the layout `want`: `user` itself, or kept buffer `slot` (then `copy_back`).
+inline memory out_layout(memory& user, const memory::desc& want, int slot) {
+    if (want == user.get_desc()) return user;
+    return memory(want, runtime().eng, buffer(slot).get(want.get_size()));
+}
+
+inline void copy_back(memory& written, memory& user) {
+    auto& r = runtime();
+    if (written != user) reorder(written, user).execute(r.strm, written, user);
+    r.strm.wait();
+}
+
 inline void forward(float* x, float* w, float* b, float* y, long long wid, const memory::dims& src,
         const memory::dims& wei, const memory::dims& dst, const memory::dims& strides, const memory::dims& dil,
         const memory::dims& pad, size_t budget) {
@@ -156,21 +177,14 @@ inline void forward(float* x, float* w, float* b, float* y, long long wid, const
     memory user_src({src, dt::f32, tag::nchw}, r.eng, x);
     memory user_wei({wei, dt::f32, tag::oihw}, r.eng, w);
     memory user_dst({dst, dt::f32, tag::nchw}, r.eng, y);
-    memory conv_src = user_src;
-    if (pd.src_desc() != user_src.get_desc()) {
-        conv_src = memory(pd.src_desc(), r.eng, buffer(0).get(pd.src_desc().get_size()));
-        reorder(user_src, conv_src).execute(r.strm, user_src, conv_src);
-    }
+    memory conv_src = in_layout(user_src, pd.src_desc(), 0);
     memory conv_wei = weights_for(wid, user_wei, pd.weights_desc(), budget);
-    memory conv_dst = user_dst;
-    if (pd.dst_desc() != user_dst.get_desc())
-        conv_dst = memory(pd.dst_desc(), r.eng, buffer(2).get(pd.dst_desc().get_size()));
+    memory conv_dst = out_layout(user_dst, pd.dst_desc(), 2);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, conv_src}, {DNNL_ARG_WEIGHTS, conv_wei},
                                          {DNNL_ARG_DST, conv_dst}};
     if (b) args.insert({DNNL_ARG_BIAS, memory({{dst[1]}, dt::f32, tag::a}, r.eng, b)});
     prim.execute(r.strm, args);
-    if (conv_dst != user_dst) reorder(conv_dst, user_dst).execute(r.strm, conv_dst, user_dst);
-    r.strm.wait();
+    copy_back(conv_dst, user_dst);
 }
 
 inline convolution_backward_data::primitive_desc& bwd_pd(const memory::dims& src, const memory::dims& wei,
@@ -200,19 +214,12 @@ inline void backward_data(float* dy, float* w, float* dx, const memory::dims& sr
     memory user_dy({dst, dt::f32, tag::nchw}, r.eng, dy);
     memory user_wei({wei, dt::f32, tag::oihw}, r.eng, w);
     memory user_dx({src, dt::f32, tag::nchw}, r.eng, dx);
-    memory conv_dy = user_dy;
-    if (pd.diff_dst_desc() != user_dy.get_desc()) {
-        conv_dy = memory(pd.diff_dst_desc(), r.eng, buffer(0).get(pd.diff_dst_desc().get_size()));
-        reorder(user_dy, conv_dy).execute(r.strm, user_dy, conv_dy);
-    }
+    memory conv_dy = in_layout(user_dy, pd.diff_dst_desc(), 0);
     memory conv_wei = weights_for(0, user_wei, pd.weights_desc(), 0);
-    memory conv_dx = user_dx;
-    if (pd.diff_src_desc() != user_dx.get_desc())
-        conv_dx = memory(pd.diff_src_desc(), r.eng, buffer(2).get(pd.diff_src_desc().get_size()));
+    memory conv_dx = out_layout(user_dx, pd.diff_src_desc(), 2);
     it->second.execute(r.strm, {{DNNL_ARG_DIFF_DST, conv_dy}, {DNNL_ARG_WEIGHTS, conv_wei},
                                 {DNNL_ARG_DIFF_SRC, conv_dx}});
-    if (conv_dx != user_dx) reorder(conv_dx, user_dx).execute(r.strm, conv_dx, user_dx);
-    r.strm.wait();
+    copy_back(conv_dx, user_dx);
 }
 }  // namespace jstyle_conv
 """
