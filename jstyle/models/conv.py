@@ -95,7 +95,9 @@ inline bool pack_weights(const float* w, const memory::desc& want, float* dst) {
     const long OB = d.padded_dims[0] / B, HW = KH * KW;
     const long s0 = b.strides[0], s1 = b.strides[1], s2 = b.strides[2], s3 = b.strides[3];
     dst += d.offset0;
-    #pragma omp parallel for schedule(static)
+    // threads only for weights of 1M floats or more: a parallel region can wait a scheduler slice (~8 ms) for a
+    // core another process holds, more than packing a small weight takes
+    #pragma omp parallel for schedule(static) if (OB * B * I * HW >= (1L << 20))
     for (long ob = 0; ob < OB; ob++)
         for (long i = 0; i < I; i++)
             for (long hw = 0; hw < HW; hw++) {
