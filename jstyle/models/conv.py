@@ -15,6 +15,8 @@ import os
 import jittor as jt
 from jittor import nn
 
+from .. import kernels
+
 __all__ = ["Conv2d", "conv2d", "fast_conv_available"]
 
 _HEADER = r"""
@@ -58,34 +60,20 @@ inline std::string key_of(const std::vector<memory::dims>& all, bool bias) {
     return k;
 }
 
-inline convolution_forward::primitive_desc& conv_pd(const memory::dims& src, const memory::dims& wei,
-        const memory::dims& dst, const memory::dims& strides, const memory::dims& dil,
-        const memory::dims& pad, bool bias) {
-    static std::unordered_map<std::string, convolution_forward::primitive_desc> cache;
-    auto key = key_of({src, wei, dst, strides, dil, pad}, bias);
-    auto it = cache.find(key);
-    if (it != cache.end()) return it->second;
-    auto any = [](const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); };
-    auto& r = runtime();
-    auto desc = bias
-        ? convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, any(src), any(wei),
-              memory::desc({dst[1]}, dt::f32, tag::a), any(dst), strides, dil, pad, pad)
-        : convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, any(src), any(wei),
-              any(dst), strides, dil, pad, pad);
-    return cache.emplace(key, convolution_forward::primitive_desc(desc, r.eng)).first->second;
-}
+inline memory::desc any_layout(const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); }
 
-inline convolution_forward& conv_prim(const std::string& key, const convolution_forward::primitive_desc& pd) {
-    static std::unordered_map<std::string, convolution_forward> cache;
+// A primitive and its descriptor, kept per shape key: `make()` runs once per key.
+template <class Pd, class Prim> struct Kept { Pd pd; Prim prim; };
+
+template <class T, class Make> T& kept(std::unordered_map<std::string, T>& cache, const std::string& key, Make make) {
     auto it = cache.find(key);
-    if (it != cache.end()) return it->second;
-    return cache.emplace(key, convolution_forward(pd)).first->second;
+    return it != cache.end() ? it->second : cache.emplace(key, make()).first->second;
 }
 
 // oihw -> a blocked layout with one inner block on o (brgconv's Acdb32a and its kin), over OpenMP threads, one
 // block of B output channels per task: oneDNN 2.6's generic reorder takes about as long as the convolution here.
 // False when `want` is another kind of layout.
-inline bool pack_weights(const float* w, const memory::desc& want, float* dst) {
+inline bool pack_weights(const float* w, const memory::desc& want, float* dst, long parallel_min) {
     const dnnl_memory_desc_t& d = want.data;
     if (d.format_kind != dnnl_blocked || d.ndims != 4 || d.extra.flags != 0) return false;
     const auto& b = d.format_desc.blocking;
@@ -95,9 +83,9 @@ inline bool pack_weights(const float* w, const memory::desc& want, float* dst) {
     const long OB = d.padded_dims[0] / B, HW = KH * KW;
     const long s0 = b.strides[0], s1 = b.strides[1], s2 = b.strides[2], s3 = b.strides[3];
     dst += d.offset0;
-    // threads only for weights of 1M floats or more: a parallel region can wait a scheduler slice (~8 ms) for a
-    // core another process holds, more than packing a small weight takes
-    #pragma omp parallel for schedule(static) if (OB * B * I * HW >= (1L << 20))
+    // threads only for weights of jstyle.kernels.PARALLEL_MIN floats or more (a parallel region can wait a scheduler
+    // slice for a core another process holds, more than packing a small weight takes)
+    #pragma omp parallel for schedule(static) if (OB * B * I * HW >= parallel_min)
     for (long ob = 0; ob < OB; ob++)
         for (long i = 0; i < I; i++)
             for (long hw = 0; hw < HW; hw++) {
@@ -111,10 +99,10 @@ inline bool pack_weights(const float* w, const memory::desc& want, float* dst) {
     return true;
 }
 
-inline void reorder_weights(memory& user, memory& m) {
+inline void reorder_weights(memory& user, memory& m, long parallel_min) {
     auto& r = runtime();
     if (!pack_weights(static_cast<const float*>(user.get_data_handle()), m.get_desc(),
-                      static_cast<float*>(m.get_data_handle())))
+                      static_cast<float*>(m.get_data_handle()), parallel_min))
         reorder(user, m).execute(r.strm, user, m);
 }
 
@@ -124,12 +112,12 @@ struct Packed { long long id; memory mem; size_t bytes; };
 inline std::list<Packed>& packed() { static std::list<Packed> l; return l; }
 inline size_t& packed_bytes() { static size_t n = 0; return n; }
 
-inline memory weights_for(long long id, memory& user, const memory::desc& want, size_t budget) {
+inline memory weights_for(long long id, memory& user, const memory::desc& want, size_t budget, long parallel_min) {
     auto& r = runtime();
     if (user.get_desc() == want) return user;
     if (budget == 0) {
         memory m(want, r.eng, buffer(1).get(want.get_size()));
-        reorder_weights(user, m);
+        reorder_weights(user, m, parallel_min);
         return m;
     }
     auto& l = packed();
@@ -140,7 +128,7 @@ inline memory weights_for(long long id, memory& user, const memory::desc& want, 
         }
     }
     memory m(want, r.eng);
-    reorder_weights(user, m);
+    reorder_weights(user, m, parallel_min);
     l.push_front(Packed{id, m, want.get_size()});
     packed_bytes() += want.get_size();
     while (packed_bytes() > budget && l.size() > 1) {
@@ -172,55 +160,54 @@ inline void copy_back(memory& written, memory& user) {
 
 inline void forward(float* x, float* w, float* b, float* y, long long wid, const memory::dims& src,
         const memory::dims& wei, const memory::dims& dst, const memory::dims& strides, const memory::dims& dil,
-        const memory::dims& pad, size_t budget) {
+        const memory::dims& pad, size_t budget, long parallel_min) {
+    using Conv = Kept<convolution_forward::primitive_desc, convolution_forward>;
+    static std::unordered_map<std::string, Conv> convs;
     auto& r = runtime();
-    auto& pd = conv_pd(src, wei, dst, strides, dil, pad, b != nullptr);
-    auto& prim = conv_prim(key_of({src, wei, dst, strides, dil, pad}, b != nullptr), pd);
+    auto& c = kept(convs, key_of({src, wei, dst, strides, dil, pad}, b != nullptr), [&] {
+        auto desc = b
+            ? convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, any_layout(src),
+                  any_layout(wei), memory::desc({dst[1]}, dt::f32, tag::a), any_layout(dst), strides, dil, pad, pad)
+            : convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, any_layout(src),
+                  any_layout(wei), any_layout(dst), strides, dil, pad, pad);
+        convolution_forward::primitive_desc pd(desc, r.eng);
+        return Conv{pd, convolution_forward(pd)};
+    });
     memory user_src({src, dt::f32, tag::nchw}, r.eng, x);
     memory user_wei({wei, dt::f32, tag::oihw}, r.eng, w);
     memory user_dst({dst, dt::f32, tag::nchw}, r.eng, y);
-    memory conv_src = in_layout(user_src, pd.src_desc(), 0);
-    memory conv_wei = weights_for(wid, user_wei, pd.weights_desc(), budget);
-    memory conv_dst = out_layout(user_dst, pd.dst_desc(), 2);
+    memory conv_src = in_layout(user_src, c.pd.src_desc(), 0);
+    memory conv_wei = weights_for(wid, user_wei, c.pd.weights_desc(), budget, parallel_min);
+    memory conv_dst = out_layout(user_dst, c.pd.dst_desc(), 2);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, conv_src}, {DNNL_ARG_WEIGHTS, conv_wei},
                                          {DNNL_ARG_DST, conv_dst}};
     if (b) args.insert({DNNL_ARG_BIAS, memory({{dst[1]}, dt::f32, tag::a}, r.eng, b)});
-    prim.execute(r.strm, args);
+    c.prim.execute(r.strm, args);
     copy_back(conv_dst, user_dst);
-}
-
-inline convolution_backward_data::primitive_desc& bwd_pd(const memory::dims& src, const memory::dims& wei,
-        const memory::dims& dst, const memory::dims& strides, const memory::dims& dil, const memory::dims& pad) {
-    static std::unordered_map<std::string, convolution_backward_data::primitive_desc> cache;
-    auto key = key_of({src, wei, dst, strides, dil, pad}, false);
-    auto it = cache.find(key);
-    if (it != cache.end()) return it->second;
-    auto any = [](const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); };
-    auto& r = runtime();
-    convolution_forward::primitive_desc hint(convolution_forward::desc(prop_kind::forward_training,
-        algorithm::convolution_direct, any(src), any(wei), any(dst), strides, dil, pad, pad), r.eng);
-    convolution_backward_data::desc desc(algorithm::convolution_direct, any(src), any(wei), any(dst), strides, dil,
-                                         pad, pad);
-    return cache.emplace(key, convolution_backward_data::primitive_desc(desc, r.eng, hint)).first->second;
 }
 
 // dx = conv^T(dy, W): the gradient of `forward` with respect to its input, with the same buffers.
 inline void backward_data(float* dy, float* w, float* dx, const memory::dims& src, const memory::dims& wei,
-        const memory::dims& dst, const memory::dims& strides, const memory::dims& dil, const memory::dims& pad) {
+        const memory::dims& dst, const memory::dims& strides, const memory::dims& dil, const memory::dims& pad,
+        long parallel_min) {
+    using Bwd = Kept<convolution_backward_data::primitive_desc, convolution_backward_data>;
+    static std::unordered_map<std::string, Bwd> bwds;
     auto& r = runtime();
-    auto& pd = bwd_pd(src, wei, dst, strides, dil, pad);
-    static std::unordered_map<std::string, convolution_backward_data> prims;
-    auto key = key_of({src, wei, dst, strides, dil, pad}, false);
-    auto it = prims.find(key);
-    if (it == prims.end()) it = prims.emplace(key, convolution_backward_data(pd)).first;
+    auto& c = kept(bwds, key_of({src, wei, dst, strides, dil, pad}, false), [&] {
+        convolution_forward::primitive_desc hint(convolution_forward::desc(prop_kind::forward_training,
+            algorithm::convolution_direct, any_layout(src), any_layout(wei), any_layout(dst), strides, dil, pad, pad),
+            r.eng);
+        convolution_backward_data::primitive_desc pd(convolution_backward_data::desc(algorithm::convolution_direct,
+            any_layout(src), any_layout(wei), any_layout(dst), strides, dil, pad, pad), r.eng, hint);
+        return Bwd{pd, convolution_backward_data(pd)};
+    });
     memory user_dy({dst, dt::f32, tag::nchw}, r.eng, dy);
     memory user_wei({wei, dt::f32, tag::oihw}, r.eng, w);
     memory user_dx({src, dt::f32, tag::nchw}, r.eng, dx);
-    memory conv_dy = in_layout(user_dy, pd.diff_dst_desc(), 0);
-    memory conv_wei = weights_for(0, user_wei, pd.weights_desc(), 0);
-    memory conv_dx = out_layout(user_dx, pd.diff_src_desc(), 2);
-    it->second.execute(r.strm, {{DNNL_ARG_DIFF_DST, conv_dy}, {DNNL_ARG_WEIGHTS, conv_wei},
-                                {DNNL_ARG_DIFF_SRC, conv_dx}});
+    memory conv_dy = in_layout(user_dy, c.pd.diff_dst_desc(), 0);
+    memory conv_wei = weights_for(0, user_wei, c.pd.weights_desc(), 0, parallel_min);
+    memory conv_dx = out_layout(user_dx, c.pd.diff_src_desc(), 2);
+    c.prim.execute(r.strm, {{DNNL_ARG_DIFF_DST, conv_dy}, {DNNL_ARG_WEIGHTS, conv_wei}, {DNNL_ARG_DIFF_SRC, conv_dx}});
     copy_back(conv_dx, user_dx);
 }
 }  // namespace jstyle_conv
@@ -230,7 +217,7 @@ inline void backward_data(float* dy, float* w, float* dx, const memory::dims& sr
 _SRC = r"""
 jstyle_conv::forward(in0_p, in1_p, BIAS_PTR, out0_p, (long long)in1->id,
     {in0_shape0, in0_shape1, in0_shape2, in0_shape3}, {in1_shape0, in1_shape1, in1_shape2, in1_shape3},
-    {out0_shape0, out0_shape1, out0_shape2, out0_shape3}, {SH, SW}, {DH, DW}, {PH, PW}, BUDGET);
+    {out0_shape0, out0_shape1, out0_shape2, out0_shape3}, {SH, SW}, {DH, DW}, {PH, PW}, BUDGET, PARALLEL_MIN);
 """
 
 
@@ -238,7 +225,7 @@ jstyle_conv::forward(in0_p, in1_p, BIAS_PTR, out0_p, (long long)in1->id,
 _BWD_SRC = r"""
 jstyle_conv::backward_data(in0_p, in1_p, out0_p,
     {out0_shape0, out0_shape1, out0_shape2, out0_shape3}, {in1_shape0, in1_shape1, in1_shape2, in1_shape3},
-    {in0_shape0, in0_shape1, in0_shape2, in0_shape3}, {SH, SW}, {DH, DW}, {PH, PW});
+    {in0_shape0, in0_shape1, in0_shape2, in0_shape3}, {SH, SW}, {DH, DW}, {PH, PW}, PARALLEL_MIN);
 """
 
 
@@ -259,7 +246,7 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
 def _source(template: str, stride, padding, dilation, bias: bool = False) -> str:
     for name, value in (("SH", stride[0]), ("SW", stride[1]), ("DH", dilation[0] - 1), ("DW", dilation[1] - 1),
                         ("PH", padding[0]), ("PW", padding[1]), ("BUDGET", f"{_budget()}ull"),
-                        ("BIAS_PTR", "in2_p" if bias else "nullptr")):
+                        ("BIAS_PTR", "in2_p" if bias else "nullptr"), ("PARALLEL_MIN", f"{kernels.PARALLEL_MIN}L")):
         template = template.replace(name, str(value))
     return template
 
