@@ -1,7 +1,8 @@
 """Micro-benchmark: each multi-threaded CPU kernel of jstyle.kernels against the Jittor expression it replaces,
 on the SD 2.1 UNet's / VAE's / text encoder's shapes at latent 32 (256 px). Forward alone, and forward +
-backward (the gradient of sum(y * dy)). Calls alternate (expression, kernel, kernel, expression, ...) and
-medians are printed, so that other load falls on both alike.
+backward (the gradient of sum(y * dy); the attention kernel is inference-only, against the per-head GEMMs).
+Calls alternate (expression, kernel, kernel, expression, ...) and medians are printed, so that other load
+falls on both alike.
 
     source envs/env.sh && $JSTYLE_PYTHON bench/kernels.py [--repeats 7] [--only group_norm]
 """
@@ -24,6 +25,7 @@ def cases():
     import math
 
     import jittor as jt
+    import numpy as np
 
     from jstyle import kernels as K
     from jstyle.models.normalization import group_norm
@@ -53,6 +55,15 @@ def cases():
     def exp_ref(s):
         return jt.exp(s - s.max(dim=-1, keepdims=True).stop_grad())
 
+    def attn(heads: int, n: int, m: int, causal: bool = False):
+        """q [2, heads, n, 64] -> the per-head GEMMs vs the fused kernel (inference only), K / V [2, heads, m, 64]."""
+        from jstyle.ops import attention_per_head
+
+        k, v = jt.randn(2, heads, m, 64), jt.randn(2, heads, m, 64)
+        mask = jt.array(np.triu(np.full((n, m), -1e30, np.float32), 1)[None, None]) if causal else None
+        return (lambda q: attention_per_head(q, k, v, 0.125, mask),
+                lambda q: K.attention(q, k, v, 0.125, mask))
+
     return [
         ("group_norm", (2, 1280, 8, 8), *gn(1280, False)),
         ("group_norm", (2, 320, 32, 32), *gn(320, False)),
@@ -65,6 +76,11 @@ def cases():
         ("exp_shifted", (1024, 1024), exp_ref, K.exp_shifted),
         ("exp_shifted", (1024, 77), exp_ref, K.exp_shifted),
         ("exp_shifted", (4096, 4096), exp_ref, K.exp_shifted),
+        ("attention", (2, 16, 77, 64), *attn(16, 77, 77, causal=True)),  # the text encoder's (CLIP causal)
+        ("attention", (2, 20, 64, 64), *attn(20, 64, 64)),  # the UNet's at latent 32: self, cross
+        ("attention", (2, 10, 256, 64), *attn(10, 256, 77)),
+        ("attention", (2, 10, 256, 64), *attn(10, 256, 256)),
+        ("attention", (2, 5, 1024, 64), *attn(5, 1024, 77)),
     ]
 
 
@@ -107,7 +123,7 @@ def main() -> int:
         jt.sync_all(True)
 
         row = []
-        for run in (fwd,) if args.no_backward else (fwd, both):
+        for run in (fwd,) if args.no_backward or name == "attention" else (fwd, both):  # attention: inference
             times = {ref: [], kern: []}
             run(ref, x, dy), run(kern, x, dy)  # compile
             for i in range(args.repeats):

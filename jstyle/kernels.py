@@ -1,8 +1,10 @@
-"""Multi-threaded CPU kernels for the hot non-GEMM ops: GroupNorm (+ SiLU), LayerNorm, GEGLU, softmax's exp.
+"""Multi-threaded CPU kernels for the hot non-GEMM ops: GroupNorm (+ SiLU), LayerNorm, GEGLU, softmax's exp, and
+inference attention over short sequences.
 
 Jittor's generic kernels run on one thread; these are `jt.code` ops whose loops are split across cores by
 OpenMP (Jittor already compiles every kernel with -fopenmp and loads libgomp, which oneDNN shares). Each has a
-`jt.Function` with a multi-threaded backward kernel; each does in one pass what Jittor runs as several kernels.
+`jt.Function` with a multi-threaded backward kernel (attention excepted: inference only); each does in one pass
+what Jittor runs as several kernels.
 The callers use them only where `enabled(x)` holds (CPU and float32) and keep their Jittor expressions
 everywhere else; the expressions are the reference the tests compare with (tests/jstyle/test_kernels.py).
 Plain SiLU and GELU kernels were measured slower than Jittor's fused elementwise loops and are not here.
@@ -13,9 +15,9 @@ from __future__ import annotations
 
 import jittor as jt
 
-__all__ = ["enabled", "group_norm", "layer_norm", "geglu", "exp_shifted", "PARALLEL_MIN"]
+__all__ = ["enabled", "group_norm", "layer_norm", "geglu", "exp_shifted", "attention", "PARALLEL_MIN"]
 
-_HEADER = "#include <cmath>\n"
+_HEADER = "#include <algorithm>\n#include <cmath>\n#include <vector>\n"
 # A loop over fewer elements stays on one thread. A parallel region costs microseconds on idle cores but a
 # scheduler slice (~8 ms, measured) whenever another process holds a core; a single-thread fused loop already
 # beats Jittor's expressions by 2-10x on the norms (bench/kernels.py), so only large tensors are split.
@@ -315,3 +317,68 @@ class _ExpShifted(jt.Function):
 def exp_shifted(scores: jt.Var) -> jt.Var:
     """exp(s - max(s)) along the last axis of float32 scores [R, M] (softmax's numerator, shift-free)."""
     return _ExpShifted()(scores)
+
+
+# ------------------------------------------------------------------------------------------ small attention
+# softmax(s Q K^T + mask) V in one pass per query row, for inference on short key sequences (CLIP's 77 tokens):
+# q [B, H, N, D], k [Bk, Hk, M, D], v [Bk, Hk, M, E], mask [Bm, Hm, N, M] (a batch or head of 1 broadcasts).
+# Row by row: scores s_j = (s q) . k_j (+ mask_j), e_j = exp(s_j - max s), out = sum_j e_j v_j / sum_j e_j.
+_ATTN_FWD = """
+const index_t B = in0_shape0, H = in0_shape1, N = in0_shape2, D = in0_shape3;
+const index_t BK = in1_shape0, HK = in1_shape1, M = in1_shape2, E = in2_shape3;
+const float scale = data["scale"];
+MASK_SHAPE
+#pragma omp parallel if (B * H * N * M * (D + E) >= PARALLEL_MIN)
+{
+    std::vector<float> sbuf(M), qbuf(D);
+    float* s = sbuf.data();
+    float* qs = qbuf.data();
+    #pragma omp for schedule(static)
+    for (index_t t = 0; t < B * H * N; t++) {
+        const index_t b = t / (H * N), h = (t / N) % H, n = t % N;
+        const index_t kv = (std::min(b, BK - 1) * HK + std::min(h, HK - 1)) * M;
+        const float* kh = in1_p + kv * D;
+        const float* vh = in2_p + kv * E;
+        const float* q = in0_p + t * D;
+        for (index_t c = 0; c < D; c++) qs[c] = q[c] * scale;
+        float top = -3.4e38f;
+        for (index_t j = 0; j < M; j++) {
+            const float* kj = kh + j * D;
+            float acc = 0;
+            #pragma omp simd reduction(+:acc)
+            for (index_t c = 0; c < D; c++) acc += qs[c] * kj[c];
+            s[j] = acc;
+        }
+        MASK_ADD
+        for (index_t j = 0; j < M; j++) top = s[j] > top ? s[j] : top;
+        float sum = 0;
+        for (index_t j = 0; j < M; j++) { s[j] = std::exp(s[j] - top); sum += s[j]; }
+        float* o = out0_p + t * E;
+        for (index_t c = 0; c < E; c++) o[c] = 0;
+        for (index_t j = 0; j < M; j++) {
+            const float e = s[j];
+            const float* vj = vh + j * E;
+            #pragma omp simd
+            for (index_t c = 0; c < E; c++) o[c] += e * vj[c];
+        }
+        const float inv = 1.0f / sum;
+        for (index_t c = 0; c < E; c++) o[c] *= inv;
+    }
+}
+"""
+_ATTN_MASK = {
+    "MASK_SHAPE": "const index_t BM = in3_shape0, HM = in3_shape1;",
+    "MASK_ADD": "const float* mr = in3_p + ((std::min(b, BM - 1) * HM + std::min(h, HM - 1)) * N + n) * M;\n"
+                "        for (index_t j = 0; j < M; j++) s[j] += mr[j];",
+}
+
+
+def attention(query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.Var | None = None) -> jt.Var:
+    """softmax(scale * Q K^T + mask) V of float32 [B, heads, N, d] inputs in one kernel, without a gradient."""
+    inputs = [query, key, value] + ([] if mask is None else [mask])
+    shape = (*query.shape[:3], value.shape[-1])
+    src = _ATTN_FWD
+    for token, line in _ATTN_MASK.items():
+        src = src.replace(token, line if mask is not None else "")
+    out = _code([shape], inputs, src, scale=float(scale))[0]
+    return out.stop_grad()

@@ -57,7 +57,7 @@ def ref(tiny_ref, tmp_path_factory) -> dict[str, np.ndarray]:
     return reference_npz(REF, "attention", key, INPUTS, tiny_ref, tmp_path_factory)
 
 
-def test_dispatcher_picks_batched_on_cuda_and_per_head_on_cpu():
+def test_dispatcher_picks_batched_on_cuda_per_head_on_cpu_and_fused_for_cpu_inference():
     assert attention_kernel(4, use_cuda=True) == "batched"
     assert attention_kernel(4, use_cuda=False) == "per_head"
     assert attention_kernel(3, use_cuda=False) == "batched"  # per-head needs [B, heads, N, d]
@@ -68,13 +68,22 @@ def test_dispatcher_picks_batched_on_cuda_and_per_head_on_cpu():
         attention(q, k, v, 0.35, kernel="flash")
     with pytest.raises(ValueError, match="per_head attention kernel needs"):
         attention(q[0], k[0], v[0], 0.35, kernel="per_head")
+    with jt.no_grad():  # CPU inference in float32: the fused kernel, the same figures to float32 rounding
+        fused = attention(q, k, v, 0.35, mask).numpy()
+        np.testing.assert_array_equal(fused, attention(q, k, v, 0.35, mask, kernel="fused").numpy())
+        with pytest.raises(ValueError, match="fused attention kernel needs float32"):
+            attention(q.float16(), k.float16(), v.float16(), 0.35, kernel="fused")
+    np.testing.assert_allclose(fused, auto, atol=1e-6)
+    with pytest.raises(ValueError, match="no gradient"):
+        attention(q, k, v, 0.35, mask, kernel="fused")
 
 
 @pytest.mark.parametrize("kernel", ATTENTION_KERNELS)
 def test_kernel_with_mask_matches_diffusers_attention(kernel, ref):
     """A mask broadcast over the heads (CLIP's causal mask takes the batched kernel on CUDA)."""
     q, k, v, mask = (jt.array(INPUTS[n]) for n in ("q", "k", "v", "mask"))
-    out = attention(q, k, v, 8**-0.5, mask, kernel=kernel).numpy()
+    with jt.no_grad():  # fused runs without a gradient only
+        out = attention(q, k, v, 8**-0.5, mask, kernel=kernel).numpy()
     # float32 softmax of 12 keys, |scores| <~ 5, |V| <~ 3: eps32 x 12 x 5 x 3 ~ 2e-5; measured 3.6e-7
     assert_close(out, ref["out32_mask"], atol=f32_bound(12, 5 * 3), what=kernel)
 
@@ -121,7 +130,7 @@ def test_upcast_flags_follow_the_configs_as_in_diffusers(unets, tiny_ref, ref):
 FLOAT16_CASES = {"batched": ((1, 0), (0, 0), (0, 1)), "per_head": ((1, 0), (0, 0))}
 
 
-@pytest.mark.parametrize("kernel", ATTENTION_KERNELS)
+@pytest.mark.parametrize("kernel", sorted(FLOAT16_CASES))
 def test_float16_upcast_rules_match_diffusers(kernel, ref):
     q, k, v = (jt.array(INPUTS[f"{n}16"]) for n in "qkv")
     exact = ref["out16_exact"]

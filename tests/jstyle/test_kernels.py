@@ -105,3 +105,28 @@ def test_exp_shifted():
     scores = _var(rng, (200, 333), scale=8.0)  # |s - max| up to ~60: e spans many decades
     _check(kernels.exp_shifted, lambda s: jt.exp(s - s.max(dim=-1, keepdims=True).stop_grad()), [scores], 8,
            "exp_shifted")
+
+
+@pytest.mark.parametrize("kv_batch, mask_shape", [(2, (1, 1, 77, 77)), (1, (2, 1, 1, 40)), (2, None)])
+def test_attention(kv_batch, mask_shape):
+    """CLIP's causal self-attention (a [1, 1, N, N] mask), a padding mask [B, 1, 1, M] with K / V of batch 1
+    broadcast (StyleID's injected keys), and cross-attention without a mask, against the batched expression."""
+    from jstyle.ops import attention, attention_batched
+
+    rng = np.random.default_rng(7)
+    n = 77 if mask_shape is None or mask_shape[-2] == 77 else 33
+    m = n if mask_shape is None or mask_shape[-2] == 77 else mask_shape[-1]
+    q, k, v = _var(rng, (2, 3, n, 16)), _var(rng, (kv_batch, 3, m, 16)), _var(rng, (kv_batch, 3, m, 24), 3.0)
+    mask = None
+    if mask_shape == (1, 1, 77, 77):
+        mask = jt.array((np.triu(np.ones((n, m), np.float32), 1) * np.finfo(np.float32).min)[None, None])
+    elif mask_shape is not None:
+        keep = rng.random(mask_shape) < 0.7
+        keep[..., 0] = True
+        mask = jt.array(np.where(keep, 0.0, -1e4).astype(np.float32))
+    with jt.no_grad():
+        got = attention(q, k, v, 0.25, mask, kernel="fused")
+        want = attention_batched(q, k, v, 0.25, mask)
+    assert got.shape == want.shape == (2, 3, n, 24)
+    # float32 scores of 16 terms (|s| <~ 5), the output a sum of m terms of |V| <~ 12: eps32 x m x 12
+    assert_close(got.numpy(), want.numpy(), atol=f32_bound(m, 12.0), what=f"fused attention {mask_shape}")
