@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 # --demo's settings: the demo model's 64 px, small enough for a 2-core CPU in minutes (any flag overrides them)
-DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=20, train_steps=50, styleid_steps=20,
+DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=20, train_steps=200, styleid_steps=20,
             diffstyle_steps=20, sdedit_steps=20, guidance=5.0)
 DEMO_MODEL = ROOT / "demo" / "model"  # made by scripts/train_demo_model.py
 HELP_ONLY = ("demo", "config", "no_progress", "no_check", "no_package", "list_recipes")  # not run settings

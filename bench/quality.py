@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default="demo,baseline", help="LoRA recipes: demo, or jstyle.training presets")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--train-steps", type=int, default=120)
+    p.add_argument("--train-steps", type=int, default=200)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--strength", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)

@@ -5,7 +5,8 @@
 A tool script for the checker env (torch + diffusers; jstyle itself never imports torch). On images
 drawn by scripts/demo_shapes.py (circle, square, triangle, star, house in stripes, rings, checks, dots or
 flat fill, 8 palettes; captions "a {shape}", "{shape}", "a {shape} in {texture} style", ...) it trains,
-in order: the VAE (AutoencoderKL, factor 4: 64 px -> 4 x 16 x 16 latents; MSE + a small KL), then the
+in order: the VAE (AutoencoderKL, factor 4: 64 px -> 4 x 16 x 16 latents; MSE + a small KL) on the same shapes
+and textures in random colours (as SD's VAE, it can draw colours the UNet never saw: the demo styles'), then the
 UNet (UNet2DConditionModel, v-prediction as SD 2.x, DDIM/scaled-linear schedule) and the CLIP text
 encoder together on the latents (10% empty captions for classifier-free guidance). Writes the diffusers
 folder (model_index.json, scheduler, text_encoder, tokenizer, unet, vae; float16 safetensors) atomically,
@@ -62,6 +63,17 @@ def make_pool(n: int, seed: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
         images.append(D.render(shape, D.TEXTURES[tex], palette, rng))
         labels.append((shape, tex))
     return np.stack(images), labels
+
+
+def make_vae_pool(n: int, seed: int) -> np.ndarray:
+    """n images uint8 [n, 64, 64, 3] of the shapes and textures in random colours (three uniform RGB draws each)."""
+    rng = np.random.default_rng([seed, 1])
+    images = []
+    for i in range(n):
+        shape, tex = D.SHAPES[i % len(D.SHAPES)], list(D.TEXTURES)[(i // len(D.SHAPES)) % len(D.TEXTURES)]
+        palette = tuple(tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(3))
+        images.append(D.render(shape, D.TEXTURES[tex], palette, rng))
+    return np.stack(images)
 
 
 def caption(shape: str, tex: str, rng: np.random.Generator) -> str:
@@ -209,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "demo" / "model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the result depends on it)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the result depends on it)")
     p.add_argument("--images", type=int, default=6000, help="training images drawn")
-    p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--unet-steps", type=int, default=1200)
+    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--unet-steps", type=int, default=4400)
     p.add_argument("--batch", type=int, default=24)
     args = p.parse_args(argv)
 
@@ -230,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     pool, labels = make_pool(args.images, args.seed)
     log(f"{len(pool)} training images drawn")
-    vae, vae_mse = train_vae(pool, args.vae_steps, 16, 32, rng, log)
+    vae, vae_mse = train_vae(make_vae_pool(args.images, args.seed), args.vae_steps, 16, 32, rng, log)
     t_vae = time.time() - t0
     mean, std = encode_pool(vae, pool)
     scaling = float(1.0 / mean.std())  # latents of unit variance, as SD's 0.18215 was chosen
@@ -257,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             unet_final_loss=round(unet_loss, 5), scaling_factor=scaling, train_seconds=round(seconds),
             train_cpu_seconds=round(cpu_seconds),
             vae_seconds=round(t_vae), torch=torch.__version__,
-            what="a toy that has learned 5 shapes x 5 textures x 8 palettes at 64 px; not Stable Diffusion",
+            what="a toy that has learned 5 shapes x 5 textures x 8 palettes at 64 px (its VAE: any colour); "
+                 "not Stable Diffusion",
         )
         (model / "training.json").write_text(json.dumps(record, indent=2) + "\n")
         preview(model, model / "preview.png")

@@ -86,13 +86,13 @@ def _shape_images(pipe) -> np.ndarray:
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="demo model under-trained (1200 UNet steps): measured 2 of 5 shapes "
-                   "recognised (triangle, house; circle -> house, square -> circle, star -> square)")
+                   reason="demo model under-trained (4400 UNet steps): measured 3 of 5 shapes "
+                   "recognised (triangle, star, house; circle -> house, square -> circle)")
 def test_every_prompted_shape_is_recognised(pipe):
     images = _shape_images(pipe)
     found = [best_shape(im) for im in images]
     print("FIGURES base best shapes", found, [round(shape_iou(im, s), 3) for im, s in zip(images, SHAPES)])
-    # bound: 4 of 5 prompted shapes are the best-fitting template of their image (measured 2)
+    # bound: 4 of 5 prompted shapes are the best-fitting template of their image (measured 3)
     assert sum(f == s for f, s in zip(found, SHAPES)) >= 4, found
 
 
@@ -108,15 +108,15 @@ def test_styleid_moves_the_content_towards_the_style_and_keeps_its_shape(pipe, c
     before, after = hist_score([c], refs), hist_score([out], refs)
     iou = mask_iou(foreground(out), foreground(c))
     print("FIGURES styleid", before, after, iou)
-    # measured: content -0.036 -> StyleID 0.073 (gamma 0.75, T 1.5); bound: at least +0.05
-    assert after >= before + 0.05, (before, after)
-    # measured: IoU 0.92 of the output's mask with the content's; bound 0.7
+    # measured: content 0.102 -> StyleID 0.166 (+0.064; gamma 0.75, T 1.5); bound: at least +0.04
+    assert after >= before + 0.04, (before, after)
+    # measured: IoU 0.89 of the output's mask with the content's; bound 0.7
     assert iou >= 0.7, iou
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="demo model under-trained: measured gamma 0.9/0.5 -> 0.0734/0.0752 "
-                   "(+0.002), T 1/2 -> 0.084/0.072 (falls)")
+                   reason="on the demo model the score falls instead: measured gamma 0.9/0.5 -> "
+                   "0.182/0.150, T 1/2 -> 0.230/0.157")
 def test_styleid_score_rises_with_lower_gamma_and_higher_T(pipe, content):
     refs = _refs()
     s_gamma = [hist_score([_styleid(pipe, content, gamma=g)], refs) for g in (0.9, 0.5)]
@@ -127,10 +127,10 @@ def test_styleid_score_rises_with_lower_gamma_and_higher_T(pipe, content):
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="under-trained demo model: IoU with the content mask 0.517/0.673/0.673 "
-                   "at gamma 0/0.5/1 (rises, then flat), histogram score 0.083/0.048/0.048")
+                   reason="on the demo model the IoU with the content's mask falls instead: measured "
+                   "0.636/0.405/0.384 at gamma 0/0.5/1 (histogram score 0.050/0.170/0.152)")
 def test_diffstyle_moves_the_content_shape_into_the_style_rendering_as_gamma_rises(pipe, content):
-    style = _refs()[0]  # a circle
+    style = _refs()[2]  # a star: a circle's mask already covers 0.785 of the square's
     c = content["square"]
     ious, scores = [], []
     for gamma in (0.0, 0.5, 1.0):
@@ -153,7 +153,7 @@ def lora_run(pipe, tmp_path_factory):
                                   height=SIZE, width=SIZE, generator=[np.random.default_rng(i) for i in range(2)])
     base = generate()
     cfg = LoRATrainConfig(style_dir=str(STYLE), resolution=SIZE, instance_template="{obj} in style_{id}", rank=8,
-                          learning_rate=1e-3, max_train_steps=60, output_dir=str(tmp_path_factory.mktemp("lora")),
+                          learning_rate=1e-3, max_train_steps=200, output_dir=str(tmp_path_factory.mktemp("lora")),
                           progress=False)
     train_lora(cfg, pipe=pipe)
     tuned = generate()
@@ -166,13 +166,13 @@ def test_dreambooth_lora_raises_the_histogram_score(lora_run):
     refs = _refs()
     before, after = hist_score(base, refs), hist_score(tuned, refs)
     print("FIGURES lora hist", before, after)
-    # measured: base -0.032 -> LoRA 0.009 (+0.041; rank 8, lr 1e-3, 60 steps); bound: at least +0.02
-    assert after >= before + 0.02, (before, after)
+    # measured: base 0.053 -> LoRA 0.207 (+0.154; rank 8, lr 1e-3, 200 steps; 60 steps: 0.019); bound: +0.08
+    assert after >= before + 0.08, (before, after)
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="under-trained demo model: the LoRA's Square is read as a house (IoU with the "
-                   "square template 0.66), its Triangle as a triangle (0.49)")
+                   reason="under-trained demo model: the LoRA's Square is read as a circle (IoU with the "
+                   "square template 0.73), its Triangle as a triangle (0.82)")
 def test_dreambooth_lora_keeps_the_prompted_shape(lora_run):
     prompts, base, tuned = lora_run
     found = [best_shape(im) for im in tuned]
@@ -181,7 +181,7 @@ def test_dreambooth_lora_keeps_the_prompted_shape(lora_run):
     assert found == [p.lower() for p in prompts], found
 
 
-def test_sdedit_from_the_mean_reference_rises_with_strength(pipe, lora_run):
+def _sdedit_scores(pipe) -> list[float]:
     init = mean_image(sorted((STYLE / "images").glob("*.png")), SIZE)
     refs = _refs()
     scores = []
@@ -189,6 +189,23 @@ def test_sdedit_from_the_mean_reference_rises_with_strength(pipe, lora_run):
         out = img2img(pipe, init, ["Square in style_00"], strength=strength, num_inference_steps=STEPS,
                       guidance_scale=5.0, generator=np.random.default_rng(0))
         scores.append(hist_score(out, refs))
-    # measured: 0.068, 0.087, 0.086 at strength 0.3, 0.6, 0.9 (up, then flat); bound: 0.3 -> 0.9 by >= 0.01
     print("FIGURES sdedit", scores)
+    return scores
+
+
+def test_sdedit_from_the_mean_reference_carries_the_style(pipe, lora_run):
+    prompts, base, _ = lora_run
+    floor = hist_score(base, _refs())
+    scores = _sdedit_scores(pipe)
+    # measured: 0.615, 0.551, 0.225 at strength 0.3, 0.6, 0.9 against the base model's 0.053 for the style's
+    # prompts; bound: every strength at least 0.1 above the base
+    assert min(scores) >= floor + 0.1, (floor, scores)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the mean reference already has the style's colours (the demo VAE draws them): the "
+                   "score falls with strength, measured 0.615/0.551/0.225 at 0.3/0.6/0.9")
+def test_sdedit_from_the_mean_reference_rises_with_strength(pipe, lora_run):
+    scores = _sdedit_scores(pipe)
+    # bound: 0.3 -> 0.9 by >= 0.01
     assert scores[2] >= scores[0] + 0.01, scores
