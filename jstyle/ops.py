@@ -263,11 +263,12 @@ def _fused(
 
 def attention(
     query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.Var | None = None,
-    upcast_attention: bool = False, upcast_softmax: bool = False, kernel: str | None = None,
+    upcast_attention: bool = False, upcast_softmax: bool = False, kernel: str | None = None, training: bool = False,
 ) -> jt.Var:
     """softmax(scale * Q K^T + mask) V by `kernel` ('batched' / 'per_head' / 'fused'; None: `attention_kernel`'s
     choice, with 'fused' in its place where it applies: CPU inference in float32, at most FUSED_MAX_SCORES scores
-    a head).
+    a head, and not `training` (a module in training mode: its forward stays the one its gradients differentiate,
+    also where gradient checkpointing runs it under no_grad).
 
     per_head with gradients to compute (training) takes `attention_recomputed`: the same forward pass. fused is
     kernels.attention, one multi-threaded pass per query row without a gradient."""
@@ -278,7 +279,7 @@ def attention(
     if kernel in ("per_head", "fused") and query.ndim != 4:
         raise ValueError(f"the {kernel} attention kernel needs [B, heads, N, d], got {query.ndim}-D; use batched")
     small = query.shape[-2] * key.shape[-2] <= FUSED_MAX_SCORES
-    if auto and kernel == "per_head" and small and _fused_applies(query, key, value, mask):
+    if auto and kernel == "per_head" and small and not training and _fused_applies(query, key, value, mask):
         kernel = "fused"
     if kernel == "fused" and not _fused_applies(query, key, value, mask):
         raise ValueError("the fused attention kernel needs float32 inputs on CPU and no gradient "

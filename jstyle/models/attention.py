@@ -135,7 +135,8 @@ class Attention(nn.Module):
         """softmax(s Q K^T + mask) V, s = `scale` or 1 / sqrt(d); Q K^T in float32 with upcast_attention, the
         softmax with upcast_softmax, the probabilities and P V in V's dtype (diffusers' get_attention_scores)."""
         scale = self.scale if scale is None else scale
-        return attention(query, key, value, scale, mask, self.upcast_attention, self.upcast_softmax, kernel)
+        return attention(query, key, value, scale, mask, self.upcast_attention, self.upcast_softmax, kernel,
+                         training=self.is_training())
 
     def set_processor(self, processor) -> None:
         self.processor = processor

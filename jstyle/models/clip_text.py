@@ -90,7 +90,7 @@ class CLIPAttention(nn.Module):
         b, s, d = hidden_states.shape
         q, k, v = (self._heads(p(hidden_states)) for p in (self.q_proj, self.k_proj, self.v_proj))
         # softmax(Q K^T / sqrt(d_head) + mask) V, the softmax in float32 (transformers' eager CLIP attention)
-        out = attention(q, k, v, self.scale, mask, upcast_softmax=True)
+        out = attention(q, k, v, self.scale, mask, upcast_softmax=True, training=self.is_training())
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, s, d))
 
 

@@ -71,6 +71,8 @@ def test_dispatcher_picks_batched_on_cuda_per_head_on_cpu_and_fused_for_cpu_infe
     with jt.no_grad():  # CPU inference in float32: the fused kernel, the same figures to float32 rounding
         fused = attention(q, k, v, 0.35, mask).numpy()
         np.testing.assert_array_equal(fused, attention(q, k, v, 0.35, mask, kernel="fused").numpy())
+        # a module in training mode keeps the per-head forward (checkpointing runs it under no_grad)
+        np.testing.assert_array_equal(attention(q, k, v, 0.35, mask, training=True).numpy(), auto)
         with pytest.raises(ValueError, match="fused attention kernel needs float32"):
             attention(q.float16(), k.float16(), v.float16(), 0.35, kernel="fused")
     np.testing.assert_allclose(fused, auto, atol=1e-6)
