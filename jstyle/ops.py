@@ -238,8 +238,8 @@ def _needs_grad(*xs: jt.Var) -> bool:
 
 
 # The fused kernel's one-row-at-a-time loop beats the per-head GEMMs while a head's score matrix is small (the
-# text encoder's 77 x 77: 0.42x their time; the UNet's 256 x 77 at latent 32: 0.75x) and loses on large ones
-# (1024 x 77: 1.2x; 1024 x 1024: 2.5x), measured on a 2-core AMD EPYC (AVX-512): `auto` picks it up to this size.
+# text encoder's 77 x 77: 0.37x their time; the UNet's 256 x 77 at latent 32: 0.66x) and loses on large ones
+# (256 x 256: 1.3x; 1024 x 77: 1.4x; bench/kernels.py on a 2-core AMD EPYC, AVX-512): picked up to this size.
 FUSED_MAX_SCORES = 1 << 15
 
 
