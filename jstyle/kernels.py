@@ -321,7 +321,7 @@ def exp_shifted(scores: jt.Var) -> jt.Var:
 
 # ------------------------------------------------------------------------------------------ small attention
 # softmax(s Q K^T + mask) V in one pass per query row, for inference on short key sequences (CLIP's 77 tokens):
-# q [B, H, N, D], k [Bk, Hk, M, D], v [Bk, Hk, M, E], mask [Bm, Hm, N, M] (a batch or head of 1 broadcasts).
+# q [B, H, N, D], k [Bk, Hk, M, D], v [Bk, Hk, M, E], mask [Bm, Hm, Nm, M] (a batch, head or row of 1 broadcasts).
 # Row by row: scores s_j = (s q) . k_j (+ mask_j), e_j = exp(s_j - max s), out = sum_j e_j v_j / sum_j e_j.
 _ATTN_FWD = """
 const index_t B = in0_shape0, H = in0_shape1, N = in0_shape2, D = in0_shape3;
@@ -367,14 +367,16 @@ MASK_SHAPE
 }
 """
 _ATTN_MASK = {
-    "MASK_SHAPE": "const index_t BM = in3_shape0, HM = in3_shape1;",
-    "MASK_ADD": "const float* mr = in3_p + ((std::min(b, BM - 1) * HM + std::min(h, HM - 1)) * N + n) * M;\n"
+    "MASK_SHAPE": "const index_t BM = in3_shape0, HM = in3_shape1, NM = in3_shape2;",
+    "MASK_ADD": "const float* mr = in3_p + ((std::min(b, BM - 1) * HM + std::min(h, HM - 1)) * NM\n"
+                "            + std::min(n, NM - 1)) * M;\n"
                 "        for (index_t j = 0; j < M; j++) s[j] += mr[j];",
 }
 
 
 def attention(query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.Var | None = None) -> jt.Var:
-    """softmax(scale * Q K^T + mask) V of float32 [B, heads, N, d] inputs in one kernel, without a gradient."""
+    """softmax(scale * Q K^T + mask) V of float32 [B, heads, N, d] inputs in one kernel, without a gradient;
+    K / V and the 4-D mask broadcast from a batch or head of 1, the mask also from a row of 1."""
     inputs = [query, key, value] + ([] if mask is None else [mask])
     shape = (*query.shape[:3], value.shape[-1])
     src = _ATTN_FWD

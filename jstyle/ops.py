@@ -98,13 +98,19 @@ def attention_batched(
     return jt.matmul(_like(jt.nn.softmax(scores, dim=-1), value), value)
 
 
+def _mask4(mask: jt.Var | None) -> jt.Var | None:
+    """A mask of fewer than 4 axes as [1, ..., N|1, M] (it broadcasts over the missing batch and head axes)."""
+    if mask is None or mask.ndim >= 4:
+        return mask
+    return mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+
+
 def _heads(
     query: jt.Var, key: jt.Var, mask: jt.Var | None,
 ) -> Iterator[tuple[int, int, tuple[int, int], jt.Var | None]]:
     """(i, j, K/V index, mask [N, M] or None) of each (batch i, head j) of query [B, heads, N, d]; a K/V or mask
     batch or head of 1 broadcasts."""
-    if mask is not None and mask.ndim < 4:
-        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
+    mask = _mask4(mask)
     for i in range(query.shape[0]):
         for j in range(query.shape[1]):
             m = None if mask is None else mask[min(i, mask.shape[0] - 1), min(j, mask.shape[1] - 1)]
@@ -254,11 +260,7 @@ def _fused(
     upcast_attention: bool, upcast_softmax: bool,
 ) -> jt.Var:
     """kernels.attention (float32 throughout, so the upcast flags change nothing); a mask of < 4 axes broadcasts."""
-    if mask is not None and mask.ndim < 4:
-        mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
-    if mask is not None and mask.shape[-2] == 1 and query.shape[-2] > 1:
-        mask = mask.broadcast((*mask.shape[:2], query.shape[-2], mask.shape[-1]))
-    return kernels.attention(query, key, value, scale, mask)
+    return kernels.attention(query, key, value, scale, _mask4(mask))
 
 
 def attention(
@@ -281,7 +283,7 @@ def attention(
     small = query.shape[-2] * key.shape[-2] <= FUSED_MAX_SCORES
     if auto and kernel == "per_head" and small and not training and _fused_applies(query, key, value, mask):
         kernel = "fused"
-    if kernel == "fused" and not _fused_applies(query, key, value, mask):
+    elif kernel == "fused" and not _fused_applies(query, key, value, mask):
         raise ValueError("the fused attention kernel needs float32 inputs on CPU and no gradient "
                          "(run under jt.no_grad()); use per_head")
     fn = {"batched": attention_batched, "per_head": attention_per_head, "fused": _fused}[kernel]

@@ -17,6 +17,7 @@ from jstyle.loading import load_model
 from jstyle.models.attention import AttnProcessor
 from jstyle.models.unet_2d_condition import UNet2DConditionModel
 from jstyle.ops import attention, attention_batched, attention_per_head, attention_recomputed
+from jstyle.training.freeze import freeze_except
 from tests.tolerance import EPS16, assert_close, f32_bound
 
 from .test_device_paths import INPUTS
@@ -99,10 +100,7 @@ def test_tiny_unet_lora_gradients_equal_the_batched_kernel(tiny_ref):
     unet = load_model(UNet2DConditionModel, tiny_ref / "sd2" / "unet")
     L.inject_lora(unet, ["to_q", "to_k", "to_v", "to_out.0"], rank=4, alpha=4, rng=np.random.default_rng(1))
     params = L.lora_parameters(unet)
-    ids = {id(p) for p in params}
-    for p in unet.parameters():
-        if id(p) not in ids:
-            p.stop_grad()
+    freeze_except(unet, params)
     for i, p in enumerate(params):  # B starts at 0: make every gradient non-zero
         p.assign(p + jt.array(np.random.default_rng(i).standard_normal(p.shape).astype(np.float32)) * 0.05)
     rng = np.random.default_rng(0)

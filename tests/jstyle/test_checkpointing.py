@@ -13,6 +13,7 @@ from jstyle.errors import ConfigError
 from jstyle.loading import load_model
 from jstyle.models.unet_2d_condition import UNet2DConditionModel
 from jstyle.training import checkpointing as C
+from jstyle.training.freeze import freeze_except
 
 from ..tolerance import assert_close, f32_bound
 
@@ -23,10 +24,7 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 def unet(tiny_ref):
     model = load_model(UNet2DConditionModel, tiny_ref / "sd2" / "unet")
     L.inject_lora(model, TARGETS, rank=4, alpha=4, rng=np.random.default_rng(1))
-    lora_ids = {id(p) for p in L.lora_parameters(model)}
-    for p in model.parameters():
-        if id(p) not in lora_ids:
-            p.stop_grad()
+    freeze_except(model, L.lora_parameters(model))
     for i, p in enumerate(L.lora_parameters(model)):  # B starts at 0: make every gradient non-zero
         p.assign(p + jt.array(np.random.default_rng(i).standard_normal(p.shape).astype(np.float32)) * 0.05)
     return model
