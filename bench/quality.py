@@ -90,7 +90,9 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
     styleid_rows(base, "styleid")
     for gamma in DIFFSTYLE:
         t0 = time.time()
-        cfg = DiffStyleConfig(gamma=gamma, t_boost=0, steps=args.steps, inv_steps=args.steps, seed=args.seed)
+        # content_replace_step 0: every step >= t_edit injects (20 steps share only 999 with the 50-step default)
+        cfg = DiffStyleConfig(gamma=gamma, t_boost=0, steps=args.steps, inv_steps=args.steps, content_replace_step=0,
+                              seed=args.seed)
         row(f"diffstyle g={gamma}", [diffstyle(pipe, c[None], reference, cfg)[0] for c in base], t0)
     init = mean_image(paths, args.size)
     for recipe in recipes:

@@ -6,9 +6,11 @@ A tool script for the checker env (torch + diffusers; jstyle itself never import
 drawn by scripts/demo_shapes.py (circle, square, triangle, star, house in stripes, rings, checks, dots or
 flat fill, 8 palettes; captions "a {shape}", "{shape}", "a {shape} in {texture} style", ...) it trains,
 in order: the VAE (AutoencoderKL, factor 4: 64 px -> 4 x 16 x 16 latents; MSE + a small KL) on the same shapes
-and textures in random colours (as SD's VAE, it can draw colours the UNet never saw: the demo styles'), then the
-UNet (UNet2DConditionModel, v-prediction as SD 2.x, DDIM/scaled-linear schedule) and the CLIP text
-encoder together on the latents (10% empty captions for classifier-free guidance). Writes the diffusers
+and textures in random colours (as SD's VAE, it can draw any colour), then the UNet (UNet2DConditionModel,
+v-prediction as SD 2.x, DDIM/scaled-linear schedule) and the CLIP text encoder together on the latents of the
+palette images plus --any-colour-images of the random-colour ones, with the same captions (10% empty, for
+classifier-free guidance). The random colours let DDIM inversion (StyleID, DiffStyle) follow an image of any
+palette, as SD's does; the demo styles' palettes and textures are still never drawn in training. Writes the diffusers
 folder (model_index.json, scheduler, text_encoder, tokenizer, unet, vae; float16 safetensors) atomically,
 plus training.json (the command, seed, settings, losses and seconds) and preview.png (one image per
 shape x texture caption, made by diffusers from the written folder). Deterministic from --seed and
@@ -65,15 +67,17 @@ def make_pool(n: int, seed: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
     return np.stack(images), labels
 
 
-def make_vae_pool(n: int, seed: int) -> np.ndarray:
-    """n images uint8 [n, 64, 64, 3] of the shapes and textures in random colours (three uniform RGB draws each)."""
+def make_any_colour_pool(n: int, seed: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """n images uint8 [n, 64, 64, 3] of the shapes and textures in random colours (three uniform RGB draws each)
+    and their (shape, texture)."""
     rng = np.random.default_rng([seed, 1])
-    images = []
+    images, labels = [], []
     for i in range(n):
         shape, tex = D.SHAPES[i % len(D.SHAPES)], list(D.TEXTURES)[(i // len(D.SHAPES)) % len(D.TEXTURES)]
         palette = tuple(tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(3))
         images.append(D.render(shape, D.TEXTURES[tex], palette, rng))
-    return np.stack(images)
+        labels.append((shape, tex))
+    return np.stack(images), labels
 
 
 def caption(shape: str, tex: str, rng: np.random.Generator) -> str:
@@ -225,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=6000, help="training images drawn")
     p.add_argument("--vae-steps", type=int, default=1200)
     p.add_argument("--unet-steps", type=int, default=4400)
+    p.add_argument("--any-colour-images", type=int, default=3000,
+                   help="random-colour images added to the UNet's training images (0: the 8 palettes only)")
     p.add_argument("--batch", type=int, default=24)
     args = p.parse_args(argv)
 
@@ -242,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     pool, labels = make_pool(args.images, args.seed)
     log(f"{len(pool)} training images drawn")
-    vae, vae_mse = train_vae(make_vae_pool(args.images, args.seed), args.vae_steps, 16, 32, rng, log)
+    any_colour, any_labels = make_any_colour_pool(max(args.images, args.any_colour_images), args.seed)
+    vae, vae_mse = train_vae(any_colour[:args.images], args.vae_steps, 16, 32, rng, log)
     t_vae = time.time() - t0
     mean, std = encode_pool(vae, pool)
     scaling = float(1.0 / mean.std())  # latents of unit variance, as SD's 0.18215 was chosen
@@ -254,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import CLIPTokenizer
 
         tokenizer = CLIPTokenizer.from_pretrained(tmp / "tok")
+        if args.any_colour_images:
+            extra_mean, extra_std = encode_pool(vae, any_colour[:args.any_colour_images])
+            mean, std = torch.cat([mean, extra_mean]), torch.cat([std, extra_std])
+            labels = labels + any_labels[:args.any_colour_images]
         unet, text_encoder, unet_loss = train_unet(mean * scaling, std * scaling, labels, tokenizer,
                                                    args.unet_steps, args.batch, rng, log)
         seconds, cpu_seconds = time.time() - t0, time.process_time()
@@ -261,15 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         save(model, vae, unet, text_encoder, tmp / "tok", scaling)
         record = dict(
             command=f"$JSTYLE_CHECKER_PYTHON scripts/train_demo_model.py --seed {args.seed} --threads {args.threads} "
-                    f"--images {args.images} --vae-steps {args.vae_steps} --unet-steps {args.unet_steps} "
-                    f"--batch {args.batch}",
-            seed=args.seed, threads=args.threads, images=args.images, vae_steps=args.vae_steps,
+                    f"--images {args.images} --any-colour-images {args.any_colour_images} --vae-steps {args.vae_steps} "
+                    f"--unet-steps {args.unet_steps} --batch {args.batch}",
+            seed=args.seed, threads=args.threads, images=args.images, any_colour_images=args.any_colour_images,
+            vae_steps=args.vae_steps,
             unet_steps=args.unet_steps, batch=args.batch, prediction_type="v_prediction", resolution=D.SIZE,
             latent=f"4x{D.SIZE // 4}x{D.SIZE // 4}", vae_final_mse=round(vae_mse, 6),
             unet_final_loss=round(unet_loss, 5), scaling_factor=scaling, train_seconds=round(seconds),
             train_cpu_seconds=round(cpu_seconds),
             vae_seconds=round(t_vae), torch=torch.__version__,
-            what="a toy that has learned 5 shapes x 5 textures x 8 palettes at 64 px (its VAE: any colour); "
+            what="a toy that has learned 5 shapes x 5 textures at 64 px, in 8 palettes and random colours; "
                  "not Stable Diffusion",
         )
         (model / "training.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 
     from ..models.hooks import HookHandle
 
-__all__ = ["DiffStyleConfig", "RECIPES", "seq_of", "slerp", "match_norm", "inject_h", "diffstyle", "main"]
+__all__ = ["DiffStyleConfig", "RECIPES", "seq_of", "slerp", "match_norm", "inject_h", "injecting_labels", "diffstyle",
+           "main"]
 
 # The README's recipes (hs_coeff = gamma, t_noise = t_boost, n_gen_step = steps, n_inv_step = inv_steps; None:
 # = steps); main.py's defaults for the rest: t_edit 400, dt_end 950, omega 0, content_replace_step 50, t_0 999.
@@ -118,6 +120,12 @@ def replace_labels(cfg: DiffStyleConfig) -> set[int]:
     if cfg.content_replace_step in (0, -1):
         return set(seq_of(cfg.steps, cfg.t_0))
     return set(seq_of(cfg.content_replace_step, cfg.t_0))
+
+
+def injecting_labels(cfg: DiffStyleConfig) -> list[int]:
+    """The generation labels that inject the content's h: replace labels >= t_edit, descending (none if gamma 0)."""
+    replace = replace_labels(cfg)
+    return [t for t in seq_of(cfg.steps, cfg.t_0)[::-1] if t in replace and t >= cfg.t_edit] if cfg.gamma > 0 else []
 
 
 def slerp(a: jt.Var, b: jt.Var, gamma: float, eps: float = 1e-7) -> jt.Var:
@@ -251,11 +259,12 @@ def generate(pipe, x_t: jt.Var, context: jt.Var, h_content: dict[int, jt.Var], c
     n = x_t.shape[0]
     both = jt.concat([context, context])
     keys = sorted(h_content, reverse=True)  # take_closest: min |k - t|, ties to the larger label
-    replace = replace_labels(cfg)
     current: dict = {}
 
+    injecting = set(injecting_labels(cfg))
+
     def injects(t: int) -> bool:
-        return int(t) in replace and int(t) >= cfg.t_edit and cfg.gamma > 0
+        return int(t) in injecting
 
     def on_step(i: int, t: int, latents: jt.Var) -> None:
         current.clear()
@@ -284,6 +293,12 @@ def diffstyle(pipe, content_images: np.ndarray, style_image: np.ndarray,
 
     if style_image is None:
         raise InputError("DiffStyle needs a style image")
+    n_inject = len(injecting_labels(cfg))
+    if cfg.gamma > 0 and n_inject < 2:  # e.g. 20 steps: only label 999 is also on the 50-step replace schedule
+        why = ("" if cfg.content_replace_step in (0, -1) else
+               f" (the labels >= t_edit {cfg.t_edit} also on a {cfg.content_replace_step}-step schedule; "
+               "content_replace_step 0 injects on every step >= t_edit)")
+        warnings.warn(f"DiffStyle injects the content on {n_inject} of {cfg.steps} steps{why}", stacklevel=2)
     content = pipe.encode_uint8(content_images)
     style = pipe.encode_uint8(style_image)
     if style.shape[0] != 1 or style.shape[2:] != content.shape[2:]:

@@ -33,3 +33,27 @@ def test_hist_score_transcription_matches_the_checker():
     # bound: 20 such pixels, 2e-3 (measured max 3.9e-4); a wrong formula (B kept in the RGB index, the hue
     # undoubled) is off by > 0.05 on these images
     assert_at_most(max(gaps), 2e-3, "histogram score: transcription vs checker/hist.py")
+
+
+def test_every_drawn_shape_is_its_own_best_template_even_with_border_specks():
+    import sys
+
+    sys.path.insert(0, str(DATA.parents[1] / "scripts"))
+    import demo_shapes as D
+
+    from tests.style_measures import best_shape, foreground
+
+    rng = np.random.default_rng(0)
+    found = {}
+    for shape in D.SHAPES:
+        for tex in D.TEXTURES:
+            for k, palette in enumerate(D.PALETTES[::3]):
+                image = D.render(shape, D.TEXTURES[tex], palette, rng)
+                image[0:2, 0:3] = 255 - np.asarray(palette[0])  # a speck in a corner and one on an edge, as the
+                image[40:42, 62:64] = 255 - np.asarray(palette[0])  # demo VAE's stray border pixels
+                mask = foreground(image)
+                assert not mask[0, 0] and not mask[40, 63]  # specks under 1/50 of the image are dropped
+                found[shape, tex, k] = best_shape(image)
+    wrong = {key: got for key, got in found.items() if got != key[0]}
+    # every one of the 75 drawn images (5 shapes x 5 textures x 3 palettes) reads as its shape
+    assert not wrong, wrong

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["--seed", "0", "--threads", "1", "--images", "16", "--vae-steps", "1", "--unet-steps", "1", "--batch", "2"]
+ARGS = ["--seed", "0", "--threads", "1", "--images", "16", "--any-colour-images", "8", "--vae-steps", "1",
+        "--unet-steps", "1", "--batch", "2"]
 WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
            "text_encoder/model.safetensors")
 

@@ -75,6 +75,11 @@ def test_recipes_and_schedules_are_the_official_ones():
     assert seq50[:6] == [0, 20, 40, 61, 81, 101] and seq50[-3:] == [958, 978, 999]
     # 1000 steps, replace 50: the replace labels do not depend on --steps (the old code injected on every step)
     assert ds.replace_labels(ds.DiffStyleConfig()) == set(seq50) == ds.replace_labels(ds.DiffStyleConfig(steps=500))
+    # 20 steps, replace 50: of the labels >= t_edit 400 only 999 is on both lists; replace 0: all 12 of them
+    assert ds.injecting_labels(ds.DiffStyleConfig(steps=20)) == [999]
+    assert ds.injecting_labels(ds.DiffStyleConfig(steps=20, content_replace_step=0)) == \
+        [999, 946, 893, 841, 788, 736, 683, 630, 578, 525, 473, 420]
+    assert ds.injecting_labels(ds.DiffStyleConfig(steps=20, content_replace_step=0, gamma=0.0)) == []
 
 
 class _Stub:  # what _DiffStyleStep reads of a pipeline
@@ -189,6 +194,9 @@ def test_bad_settings_are_one_line_errors(setup):
             ds.DiffStyleConfig(**bad)
         assert "\n" not in str(e.value)
     with pytest.raises(InputError, match="style"):
+        ds.diffstyle(pipe, content, np.zeros((8, 8, 3), np.uint8), ds.DiffStyleConfig(steps=2, gamma=0.0))
+    # 2 steps (0, 999) inject only at 999: a warning that names the fix, then the shape error
+    with pytest.warns(UserWarning, match=r"on 1 of 2 steps .* content_replace_step 0"), pytest.raises(InputError):
         ds.diffstyle(pipe, content, np.zeros((8, 8, 3), np.uint8), ds.DiffStyleConfig(steps=2))
     with pytest.raises(InputError):
         ds.diffstyle(pipe, content, None)
@@ -202,7 +210,7 @@ def test_cli_writes_images_and_skips_existing(setup, tiny_ref, tmp_path, capsys)
     Image.fromarray(style).save(tmp_path / "s.png")
     args = ["--model", str(tiny_ref / "sd2"), "--content", str(tmp_path / "c.png"), "--style", str(tmp_path / "s.png"),
             "--out", str(tmp_path / "out"), "--size", "16", "--recipe", "in-domain", "--steps", "4", "--inv-steps",
-            "4", "--device", "cpu"]
+            "4", "--content-replace-step", "0", "--device", "cpu"]
     assert ds.main(args) == 0
     out = tmp_path / "out" / "c-s.png"
     mtime = out.stat().st_mtime_ns
