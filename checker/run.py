@@ -19,7 +19,7 @@ import torch
 
 from checker import __version__
 from checker.config import COURSE_STYLES, RANDOM_WEIGHTS_WARNING, CheckerConfig
-from checker.data import Problem, discover_styles, load_style
+from checker.data import Problem, discover_styles, list_images, load_style
 from checker.errors import CheckerError
 from checker.metric import Backbones, Metric, Run, StyleResult
 from checker.metrics import METRICS
@@ -102,10 +102,10 @@ def evaluate(cfg: CheckerConfig, bb: Backbones, log: Log = lambda s: None,
     t_start = time.perf_counter()
     device = torch.device(cfg.device)
     styles, all_styles = discover_styles(cfg.data, cfg.styles), set(discover_styles(cfg.data))
-    problems: list[Problem] = [
+    problems: list[Problem] = [  # a folder without images (run_all's logs/, work/) is not a submitted style
         Problem("unexpected_style", str(p), "not a style of the dataset: ignored")
         for p in sorted(cfg.submission.iterdir())
-        if p.is_dir() and not p.name.startswith(".") and p.name not in all_styles
+        if p.is_dir() and not p.name.startswith(".") and p.name not in all_styles and list_images(p)[0]
     ]
     run = Run(cfg, device, tuple(styles))
     timer = _Timer()

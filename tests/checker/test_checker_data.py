@@ -95,7 +95,10 @@ def messy(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, Path]:
     (sub / "00" / ".DS_Store").write_bytes(b"x")
     (sub / "00" / "readme.txt").write_text("hi")
     (sub / "01").mkdir()  # empty style folder; style 02 missing entirely
-    (sub / "99").mkdir()  # not a dataset style
+    (sub / "99").mkdir()  # not a dataset style, with an image
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(sub / "99" / "Dolphin.png")
+    (sub / "logs").mkdir()  # no images (as run_all's logs/ and work/): not a style, not a problem
+    (sub / "logs" / "00.log").write_text("log")
     return data, sub
 
 
@@ -108,7 +111,7 @@ def test_messy_submission_is_reported_not_crashed(messy: tuple[Path, Path], back
     assert ("missing_prompt", "Lion.png") in kinds
     assert ("empty_style", "01") in kinds
     assert ("missing_style", "02") in kinds
-    assert ("unexpected_style", "99") in kinds
+    assert ("unexpected_style", "99") in kinds and not any(n == "logs" for _, n in kinds)
     assert not any(k == "unreadable" and n in (".DS_Store", "readme.txt") for k, n in kinds)
     assert any(f.endswith("readme.txt") for f in res["ignored_files"])
     s00, s01, s02 = (res["styles"][s] for s in ("00", "01", "02"))
