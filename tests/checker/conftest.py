@@ -25,8 +25,9 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def rng() -> np.random.Generator:
+    """A fresh generator per test: a test's images do not depend on what earlier tests drew."""
     return np.random.default_rng(1234)
 
 
