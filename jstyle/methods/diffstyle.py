@@ -259,9 +259,8 @@ def generate(pipe, x_t: jt.Var, context: jt.Var, h_content: dict[int, jt.Var], c
     n = x_t.shape[0]
     both = jt.concat([context, context])
     keys = sorted(h_content, reverse=True)  # take_closest: min |k - t|, ties to the larger label
-    current: dict = {}
-
     injecting = set(injecting_labels(cfg))
+    current: dict = {}
 
     def injects(t: int) -> bool:
         return int(t) in injecting
