@@ -1,4 +1,4 @@
-"""Patch the installed Jittor 1.3.11 for CUDA 13 and cuDNN 9 (idempotent; a quick no-op once applied).
+"""Patch the installed Jittor 1.3.11 for CUDA 13, cuDNN 9 and Blackwell GPUs (idempotent; a quick no-op once applied).
 
     python envs/patch_jittor.py [--check]
 
@@ -39,6 +39,73 @@ _COMPILE_CULIB = ("    # compile and get operators\n"
                   '        extra_flags=f" -I\\"{jt_cuda_include}\\" -I\\"{jt_culib_include}\\" '
                   '{link_flags} {extra_flags} ")\n')
 _CUDNN9 = 'os.path.isfile(os.path.join(os.path.dirname(cuda_include_name), "cudnn_graph.h"))'
+
+_ARCH_OLD = """\
+if has_cuda and is_cuda:
+    nvcc_flags = " " + os.environ.get("nvcc_flags", "") + " "
+    nvcc_flags += convert_nvcc_flags(cc_flags)
+    nvcc_version = list(jit_utils.get_int_version(nvcc_path))
+    max_arch = 90
+    if nvcc_version < [11,]:
+        max_arch = 75
+    elif nvcc_version < [11,1]:
+        max_arch = 80
+    elif nvcc_version < [11,8]:
+        max_arch = 86
+    if len(flags.cuda_archs):
+        min_arch = 30
+        archs = []
+        for arch in flags.cuda_archs:
+            if arch<min_arch:
+                LOG.w(f"CUDA arch({arch})<{min_arch} is not supported")
+                continue
+            if arch>max_arch:
+                LOG.w(f"CUDA arch({arch})>{max_arch} will be backward-compatible")
+                arch = max_arch
+            archs.append(arch)
+        flags.cuda_archs = archs
+        nvcc_flags += f" -arch=compute_{min(archs)} "
+        nvcc_flags += ''.join(map(lambda x:f' -code=sm_{x} ', archs))
+"""
+_ARCH_NEW = """\
+# jstyle: Jittor 1.3.11 clamped every GPU arch to sm_90 at most, so a Blackwell GPU (sm_100 B200, sm_120 RTX 50xx)
+# got sm_90 cubins it cannot run; nvcc 12.8 builds for sm_100/sm_120, 12.9 and 13 also sm_103/sm_121
+def cuda_supported_archs(cuda_archs, nvcc_version):
+    max_arch = 90
+    if nvcc_version < [11,]:
+        max_arch = 75
+    elif nvcc_version < [11,1]:
+        max_arch = 80
+    elif nvcc_version < [11,8]:
+        max_arch = 86
+    elif nvcc_version >= [12,9]:
+        max_arch = 121
+    elif nvcc_version >= [12,8]:
+        max_arch = 120
+    min_arch = 30
+    archs = []
+    for arch in cuda_archs:
+        if arch<min_arch:
+            LOG.w(f"CUDA arch({arch})<{min_arch} is not supported")
+            continue
+        if arch>max_arch:
+            LOG.w(f"CUDA arch({arch})>{max_arch} will be backward-compatible")
+            arch = max_arch
+        archs.append(arch)
+    return archs
+
+def cuda_arch_flags(cuda_archs, nvcc_version):
+    archs = cuda_supported_archs(cuda_archs, nvcc_version)
+    return f" -arch=compute_{min(archs)} " + ''.join(map(lambda x:f' -code=sm_{x} ', archs))
+
+if has_cuda and is_cuda:
+    nvcc_flags = " " + os.environ.get("nvcc_flags", "") + " "
+    nvcc_flags += convert_nvcc_flags(cc_flags)
+    nvcc_version = list(jit_utils.get_int_version(nvcc_path))
+    if len(flags.cuda_archs):
+        flags.cuda_archs = cuda_supported_archs(flags.cuda_archs, nvcc_version)
+        nvcc_flags += cuda_arch_flags(flags.cuda_archs, nvcc_version)
+"""
 
 CHANGES: tuple[Change, ...] = (
     Change("extern/cuda/inc/helper_cuda.h",
@@ -83,6 +150,7 @@ CHANGES: tuple[Change, ...] = (
            '            nvcc_flags = nvcc_flags.replace("-std=c++14", "-std=c++17")\n'
            '        nvcc_flags = nvcc_flags.replace("-Wall", "")\n',
            "CUDA 13: CCCL requires C++17"),
+    Change("compiler.py", _ARCH_OLD, _ARCH_NEW, "Blackwell: sm_100 / sm_120 were clamped to sm_90"),
     Change("compile_extern.py",
            '                libs = ["libcudnn_ops_infer.so", "libcudnn_ops_train.so", '
            '"libcudnn_cnn_infer.so", "libcudnn_cnn_train.so"]\n',
@@ -154,7 +222,8 @@ def main(argv: list[str]) -> int:
     if todo:
         verb = "to apply" if check else "applied"
         files = ", ".join(sorted({ch.path for ch in todo}))
-        print(f"[envs] Jittor CUDA 13 / cuDNN 9 patch: {len(todo)} changes {verb} ({files})", file=sys.stderr)
+        print(f"[envs] Jittor CUDA 13 / cuDNN 9 / Blackwell patch: {len(todo)} changes {verb} ({files})",
+              file=sys.stderr)
     return 1 if (check and todo) else 0
 
 

@@ -2,6 +2,7 @@
 # Create or update the project's two Python environments (idempotent).
 #   bash envs/setup.sh [jstyle|checker|all]      (default: all)
 #   bash envs/setup.sh cuda-build                 (CI: Jittor's CUDA core + extern ops build here, no GPU needed)
+#   bash envs/setup.sh cuda12-build               (CI: the same against CUDA 12.4 + cuDNN 8.9 from the registries)
 # jstyle env: Jittor side, never torch. checker env: PyTorch side, never jittor.
 # JSTYLE_REQUIREMENTS=FILE installs the jstyle env from FILE instead of envs/jstyle-requirements.txt
 # (bench/gpu_check.sh: the offline subset carried in .whl/, with PIP_NO_INDEX=1 PIP_FIND_LINKS=.whl).
@@ -15,8 +16,8 @@ user_nvcc_path="${nvcc_path-unset}"   # likewise over the CUDA detection
 source "$here/env.sh"
 base_python="${JSTYLE_BASE_PYTHON:-python3}"
 which_envs="${1:-all}"
-case "$which_envs" in jstyle|checker|all|cuda-build) ;;
-  *) echo "usage: bash envs/setup.sh [jstyle|checker|all|cuda-build]" >&2; exit 2;; esac
+case "$which_envs" in jstyle|checker|all|cuda-build|cuda12-build) ;;
+  *) echo "usage: bash envs/setup.sh [jstyle|checker|all|cuda-build|cuda12-build]" >&2; exit 2;; esac
 
 log() { printf '[envs] %s\n' "$*" >&2; }
 timed() {  # LABEL CMD...: run CMD; when it did work (took 3 s or more), print "LABEL: N s"
@@ -161,9 +162,50 @@ setup_cuda() {
 # libraries, in a JITTOR_HOME of their own. Without a driver Jittor must then report 0 devices (CPU).
 cuda_build_check() {
   [ -n "$JSTYLE_CUDA_TOOLKIT" ] || { log "cuda-build: SKIP: no nvcc found (PATH, CUDA_HOME, /usr/local/cuda)"; exit 3; }
-  local libs build="$JSTYLE_HOME/jittor-cuda-build"
+  local libs
   libs="$(install_cuda_libs)"
-  "$JSTYLE_PYTHON" "$here/cuda_home.py" "$JSTYLE_CUDA_TOOLKIT" "$build/cuda-home" "$libs"
+  jittor_cuda_build "$JSTYLE_CUDA_TOOLKIT" "$libs" "$JSTYLE_HOME/jittor-cuda-build"
+}
+
+# CI's second CUDA build: CUDA 12.4 with cuDNN 8.9, wholly from the registries. nvcc, cicc, fatbinary, nvlink and
+# libdevice from Debian's nvidia-cuda-toolkit (trixie non-free; PyPI's nvcc wheels carry no nvcc), downloaded
+# with a private apt list (the system's sources untouched) and unpacked, not installed; the runtime, headers and
+# libraries from pip (envs/cuda12-requirements.txt); envs/cuda12_toolkit.py lays them out as a toolkit.
+cuda12_build_check() {
+  local dir="$JSTYLE_HOME/cuda12" req="$here/cuda12-requirements.txt" pkg="nvidia-cuda-toolkit=12.4.131~12.4.1-2"
+  local pip_dir apt_dir deb_dir apt_opts
+  pip_dir="$dir/pip-$(stamp_of "$req")" deb_dir="$dir/deb-${pkg##*=}" apt_dir="$dir/apt"
+  if [ ! -e "$pip_dir/.jstyle-stamp" ]; then
+    log "cuda12-build: installing $(basename "$req") (cuDNN 8.9, cuBLAS, ... about 2 GB) into $pip_dir"
+    rm -rf "$pip_dir.tmp"
+    "$JSTYLE_PYTHON" -m pip install --disable-pip-version-check -q --no-deps --target "$pip_dir.tmp" -r "$req" \
+      >"$dir.pip.log" 2>&1 || { log "cuda12-build: SKIP: pip could not install $(basename "$req") (see $dir.pip.log)"; exit 3; }
+    touch "$pip_dir.tmp/.jstyle-stamp" && rm -rf "$pip_dir" && mv "$pip_dir.tmp" "$pip_dir"
+  fi
+  if [ ! -e "$deb_dir/.jstyle-stamp" ]; then
+    command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1 \
+      || { log "cuda12-build: SKIP: no apt-get/dpkg here to fetch Debian's $pkg"; exit 3; }
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/get"
+    echo "deb http://deb.debian.org/debian trixie non-free" > "$apt_dir/sources.list"
+    apt_opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o Dir::Etc::sourceparts=/dev/null
+              -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o APT::Sandbox::User=root)
+    log "cuda12-build: downloading Debian's $pkg (nvcc 12.4, 87 MB)"
+    { apt-get "${apt_opts[@]}" update -qq && (cd "$apt_dir/get" && apt-get "${apt_opts[@]}" download -qq "$pkg"); } \
+      >"$dir.apt.log" 2>&1 || { log "cuda12-build: SKIP: apt could not download $pkg (see $dir.apt.log)"; exit 3; }
+    rm -rf "$deb_dir.tmp" && mkdir -p "$deb_dir.tmp"
+    dpkg -x "$apt_dir"/get/nvidia-cuda-toolkit_*.deb "$deb_dir.tmp"
+    rm -rf "$apt_dir/get"
+    touch "$deb_dir.tmp/.jstyle-stamp" && rm -rf "$deb_dir" && mv "$deb_dir.tmp" "$deb_dir"
+  fi
+  "$JSTYLE_PYTHON" "$here/cuda12_toolkit.py" "$deb_dir" "$pip_dir" "$dir/toolkit"
+  jittor_cuda_build "$dir/toolkit" "$pip_dir" "$JSTYLE_HOME/jittor-cuda12-build"
+}
+
+# TOOLKIT LIBS BUILD: assemble BUILD/cuda-home, build Jittor's CUDA core and extern ops in JITTOR_HOME=BUILD, check
+# that a CUB kernel and a Blackwell (sm_120, where nvcc knows it) kernel compile with Jittor's JIT flags.
+jittor_cuda_build() {
+  local toolkit="$1" libs="$2" build="$3"
+  "$JSTYLE_PYTHON" "$here/cuda_home.py" "$toolkit" "$build/cuda-home" "$libs"
   [ -e "$build/.jstyle-core-built" ] || log "cuda-build: compiling Jittor's CUDA core and extern ops (cold: many minutes)"
   JITTOR_HOME="$build" nvcc_path="$build/cuda-home/bin/nvcc" use_mkl=0 "$JSTYLE_PYTHON" - <<'PY'
 import jittor as jt
@@ -175,15 +217,31 @@ print(f"[envs] cuda-build: cache={compiler.cache_path} devices={jt.core.get_devi
       f"has_cuda={int(jt.has_cuda)} extern={','.join(libs)}")
 assert float((jt.ones((2, 2)) * 2).sum()) == 8.0  # and the CUDA build computes on CPU
 # Jittor's CUDA kernels are JIT-compiled on a GPU with these flags: check that they take CUB (CCCL: C++17)
-import os, shlex, subprocess
+import os, re, shlex, subprocess
 src = os.path.join(compiler.cache_path, "jstyle_cub_check.cu")
 with open(src, "w") as f:
     f.write('#include <cub/device/device_segmented_radix_sort.cuh>\n#include "helper_cuda.h"\n'
             "void jstyle_sort(float* k, float* o, int n, int* s) { size_t b = 0; checkCudaErrors("
-            "cub::DeviceSegmentedRadixSort::SortKeys(nullptr, b, k, o, n, 1, s, s + 1)); }\n")
+            "cub::DeviceSegmentedRadixSort::SortKeys(nullptr, b, k, o, n, 1, s, s + 1)); }\n"
+            "__global__ void jstyle_scale(float* x, int n) { int i = blockIdx.x * blockDim.x + threadIdx.x; "
+            "if (i < n) x[i] *= 2.f; }\n")
 flags = [f for f in shlex.split(jt.flags.nvcc_flags) if not f.startswith(("-l", "-L"))]
 subprocess.run([jt.flags.nvcc_path, src, *flags, "-c", "-o", src + ".o"], check=True)
 print(f"[envs] cuda-build: CUB kernel compiled with Jittor's nvcc flags: {src}.o")
+# A Blackwell GPU (sm_120: RTX 50xx; sm_100: B200) gets kernels built for its own arch, not clamped to sm_90
+# (envs/patch_jittor.py): Jittor's arch flags for a device list of [120], from the same code a GPU run takes
+import jittor_utils
+nvcc_version = list(jittor_utils.get_int_version(jt.flags.nvcc_path))
+arch = compiler.cuda_arch_flags([120], nvcc_version) if nvcc_version >= [12, 8] else ""
+if arch:
+    subprocess.run([jt.flags.nvcc_path, src, *flags, *shlex.split(arch), "-cubin", "-o", src + ".cubin"], check=True)
+    # the cubin's own arch, from its ELF header's e_flags (bits 8-15 from ELF ABI version 8, nvcc 12.8+; bits 0-7 before)
+    head = open(src + ".cubin", "rb").read(52)
+    e_flags = int.from_bytes(head[48:52], "little")
+    found = [f"sm_{(e_flags >> 8) & 0xFF if head[8] >= 8 else e_flags & 0xFF}"]
+    print(f"[envs] cuda-build: sm_120 kernel: flags '{arch.strip()}', cubin arch {found}")
+else:
+    print(f"[envs] cuda-build: sm_120 not checked: nvcc {nvcc_version} predates CUDA 12.8")
 try:
     jt.flags.use_cuda = 1
     raise SystemExit("cuda-build: use_cuda=1 was accepted with no device")
@@ -217,6 +275,10 @@ if [ "$which_envs" != checker ]; then
   timed "Jittor patch" patch_jittor
   if [ "$which_envs" = cuda-build ]; then
     timed "cuda-build" cuda_build_check
+    exit 0
+  fi
+  if [ "$which_envs" = cuda12-build ]; then
+    timed "cuda12-build" cuda12_build_check
     exit 0
   fi
   timed "oneDNN" wire_onednn

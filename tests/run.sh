@@ -11,8 +11,11 @@ bash envs/setup.sh all || { echo "error: environment set-up failed (see above)";
 export JSTYLE_CUDA_NOTE=1  # set-up said it once (a CUDA toolkit without a driver, ...): not again below
 # Where a CUDA toolkit exists, Jittor's CUDA core and extern ops are built once per machine (cached in
 # $JSTYLE_HOME/jittor-cuda-build, like the CPU core) as part of set-up; tests/jstyle/test_cuda_build.py
-# checks that build (and builds it itself when run alone). No toolkit: skipped with a line (exit 3).
+# checks that build (and builds it itself when run alone). No toolkit: skipped with a line (exit 3). Likewise
+# CUDA 12.4 + cuDNN 8.9 from the package registries ($JSTYLE_HOME/jittor-cuda12-build; skipped where they cannot
+# be had).
 bash envs/setup.sh cuda-build || true
+bash envs/setup.sh cuda12-build || true
 # shellcheck source=envs/env.sh
 source envs/env.sh
 results="$(mktemp -d)"
