@@ -9,6 +9,10 @@ with AVX-512 both run brgconv:avx512_core and agree to the last bit; capped at A
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jittor as jt
 import numpy as np
 import pytest
@@ -80,3 +84,17 @@ def test_cached_weights_follow_the_weight(monkeypatch):
     # 2.6e-6 capped at AVX2); a stale cached weight would leave `first`, off by up to 3.6
     assert_close(second, want, atol=f32_bound(TERMS, np.abs(want).max()), what="conv2d with a new weight")
     assert np.abs(second - first).max() > 0.1
+
+
+def test_onednn_honours_the_avx2_cap():
+    """tests/run.sh's second pass caps oneDNN at AVX2 (the kernels an AVX2-only machine runs); a oneDNN built
+    without that switch (DNNL_ENABLE_MAX_CPU_ISA=OFF) would silently run its AVX-512 kernels there."""
+    code = ("import jittor as jt; from jstyle.models import conv as C\n"
+            "with jt.no_grad(): C.conv2d(jt.ones((1, 8, 9, 9)), jt.ones((16, 8, 3, 3)), None, (1, 1), (1, 1)).sync()")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ONEDNN_VERBOSE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert any(",info,cpu,isa:" in ln and ln.endswith("AVX2") for ln in lines), "\n".join(lines[:5])
+    convs = [ln for ln in lines if ",exec,cpu,convolution," in ln]
+    assert convs and not any("avx512" in ln for ln in convs), convs
