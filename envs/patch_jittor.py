@@ -1,11 +1,13 @@
-"""Patch the installed Jittor 1.3.11 for CUDA 13, cuDNN 9 and Blackwell GPUs (idempotent; a quick no-op once applied).
+"""Patch the installed Jittor 1.3.11 for CUDA 13, cuDNN 9, Blackwell GPUs and its config.json race (idempotent; a
+quick no-op once applied).
 
     python envs/patch_jittor.py [--check]
 
 Run by envs/setup.sh with the jstyle env's python, before Jittor's first import. Each change is an
 exact source edit; an expected line that is missing (another Jittor version) is a one-line error.
 The CPU build is unaffected: helper_cuda.h is outside Jittor's cache keys, cuda_flags.cc recompiles
-alone (one object and a relink), and the Python edits only act when nvcc 13 / cuDNN 9 are in use.
+alone (one object and a relink), the Python edits for CUDA only act when nvcc 13, cuDNN 9 or a Blackwell GPU
+are in use, and the config.json one only where several JITTOR_HOMEs are in use. Paths are relative to the jittor package.
 --check exits 1 when a change is still to be applied, without writing.
 """
 
@@ -175,6 +177,29 @@ CHANGES: tuple[Change, ...] = (
            '        if jt.flags.use_cuda and getattr(jt.cudnn, "cudnn_rnn_weight_offset", None) '
            "and jt.compiler.is_cuda:\n",
            "cuDNN 9: legacy RNN API removed"),
+    # Every process whose JITTOR_HOME differs from the one in ~/.cache/jittor/config.json rewrites that file in
+    # place (truncate, then write), and every kernel compile starts jittor/utils/asm_tuner.py, which reads it: a
+    # read between the two saw an empty file and the compile failed (JSONDecodeError; seen with two JITTOR_HOMEs in
+    # use, as a cold-cache test or a second clone makes). jstyle always sets JITTOR_HOME, so the file's value is
+    # never needed: written whole through a rename, and a broken one read as empty.
+    Change("../jittor_utils/__init__.py",
+           '        with open(src_path_file,"r") as f:\n'
+           "            data = json.load(f)\n",
+           "        try:  # jstyle: another process may be writing it\n"
+           '            with open(src_path_file,"r") as f:\n'
+           "                data = json.load(f)\n"
+           "        except ValueError:\n"
+           "            data = {}\n",
+           "config.json read while another process rewrites it"),
+    Change("../jittor_utils/__init__.py",
+           '        with open(src_path_file,"w") as f:\n'
+           "            data['JITTOR_HOME'] = _home_path\n"
+           "            json.dump(data,f)\n",
+           "        data['JITTOR_HOME'] = _home_path  # jstyle: whole, through a rename\n"
+           '        with open(f"{src_path_file}.{os.getpid()}.tmp","w") as f:\n'
+           "            json.dump(data,f)\n"
+           '        os.replace(f"{src_path_file}.{os.getpid()}.tmp", src_path_file)\n',
+           "config.json written in place while others read it"),
     Change("nn.py",
            "        if jt.flags.use_cuda and jt.cudnn and self.proj_size == 0 and jt.compiler.is_cuda:\n",
            '        if jt.flags.use_cuda and getattr(jt.cudnn, "cudnn_rnn_weight_offset", None) '
@@ -222,7 +247,8 @@ def main(argv: list[str]) -> int:
     if todo:
         verb = "to apply" if check else "applied"
         files = ", ".join(sorted({ch.path for ch in todo}))
-        print(f"[envs] Jittor CUDA 13 / cuDNN 9 / Blackwell patch: {len(todo)} changes {verb} ({files})",
+        print(f"[envs] Jittor patch (CUDA 13, cuDNN 9, Blackwell, config.json): {len(todo)} changes {verb} "
+              f"({files})",
               file=sys.stderr)
     return 1 if (check and todo) else 0
 

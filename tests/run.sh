@@ -2,8 +2,8 @@
 # The project's test command (README and CI):  bash tests/run.sh [pytest args...]
 # Creates or updates both environments (a quick no-op when they are current), lints, then runs
 # the Jittor-side tests in the jstyle env and, beside them, the checker tests in the checker env
-# (Jittor holds a lock on its cache, so Jittor tests run one process at a time). Ends with one
-# combined "N passed, N failed" line.
+# (Jittor holds a lock on its cache, so Jittor tests run one process at a time), then the numeric ones
+# again with oneDNN capped at AVX2. Ends with one combined "N passed, N failed" line.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -36,6 +36,24 @@ checker_pid=$!
 echo "== jstyle tests (Jittor, $JSTYLE_PYTHON)"
 "$JSTYLE_PYTHON" -m pytest tests/jstyle -q -p no:cacheprovider --junitxml="$results/jstyle.xml" "$@" || status=1
 [ -s "$results/jstyle.xml" ] || { echo; echo "error: the jstyle test process died before reporting (a crash)"; status=1; }
+
+# The numeric tests again with oneDNN capped at AVX2: oneDNN picks its kernels by the processor's ISA, so an
+# AVX-512 machine runs here the kernels an AVX2-only one runs (docs/performance.md, "Numbers by machine").
+# The files whose numbers go through oneDNN (convolutions, GEMMs: UNet, VAE, CLIP, attention, the pipeline),
+# not the float16 or pure-Jittor-kernel ones; counted in the total below.
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+  echo "== numeric tests with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)"
+  avx2_tests=(test_conv.py test_unet.py test_vae.py test_clip_text.py test_device_paths.py test_numerics.py
+    test_pipeline.py test_attention_backward.py)
+  ONEDNN_MAX_CPU_ISA=AVX2 "$JSTYLE_PYTHON" -m pytest "${avx2_tests[@]/#/tests/jstyle/}" -q -p no:cacheprovider \
+    -k "not float16_upcast_gradients and not writer_folder and not fp16_variant" \
+    -o junit_suite_name=jstyle-avx2 --junitxml="$results/jstyle-avx2.xml" "$@"
+  rc=$?
+  [ "$rc" = 0 ] || [ "$rc" = 5 ] || status=1  # 5: a -k of the caller's selects none of these
+  [ -s "$results/jstyle-avx2.xml" ] || { echo; echo "error: the AVX2 test process died before reporting (a crash)"; status=1; }
+else
+  echo "== numeric tests with oneDNN capped at AVX2: not run again (no AVX-512 here: the run above was that)"
+fi
 
 echo "== checker tests (PyTorch, $JSTYLE_CHECKER_PYTHON; ran alongside)"
 wait "$checker_pid" || status=1

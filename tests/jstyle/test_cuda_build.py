@@ -202,19 +202,20 @@ def test_patch_jittor_applies_once_and_refuses_other_sources(tmp_path: Path) -> 
     installed = pj.jittor_dir()
     assert pj.patch(installed, check=True) == []  # set-up patched this env's Jittor
     paths = sorted({ch.path for ch in pj.CHANGES})
+    root = tmp_path / "jittor"  # (jittor_utils beside it)
     for path in paths:
         text = (installed / path).read_text()
         for ch in reversed(pj.CHANGES):
             if ch.path == path:
                 text = text.replace(ch.new, ch.old)
-        _touch(tmp_path / path)
-        (tmp_path / path).write_text(text)
-    assert len(pj.patch(tmp_path, check=True)) == len(pj.CHANGES)
-    assert len(pj.patch(tmp_path)) == len(pj.CHANGES)
+        _touch(root / path)
+        (root / path).write_text(text)
+    assert len(pj.patch(root, check=True)) == len(pj.CHANGES)
+    assert len(pj.patch(root)) == len(pj.CHANGES)
     for path in paths:
-        assert (tmp_path / path).read_text() == (installed / path).read_text(), path
-    assert pj.patch(tmp_path) == []  # a no-op once applied
-    cc = tmp_path / "src" / "misc" / "cuda_flags.cc"
+        assert (root / path).read_text() == (installed / path).read_text(), path
+    assert pj.patch(root) == []  # a no-op once applied
+    cc = root / "src" / "misc" / "cuda_flags.cc"
     cc.write_text(cc.read_text().replace("count = 0;", "count = 1;").replace("if (count==-1", "if (count<0"))
     with pytest.raises(SystemExit, match="expected source line not found in .*cuda_flags.cc"):
-        pj.patch(tmp_path)
+        pj.patch(root)

@@ -75,7 +75,9 @@ def test_dispatcher_picks_batched_on_cuda_per_head_on_cpu_and_fused_for_cpu_infe
         np.testing.assert_array_equal(attention(q, k, v, 0.35, mask, training=True).numpy(), auto)
         with pytest.raises(ValueError, match="fused attention kernel needs float32"):
             attention(q.float16(), k.float16(), v.float16(), 0.35, kernel="fused")
-    np.testing.assert_allclose(fused, auto, atol=1e-6)
+    # two kernels (one pass per query row vs per-head GEMMs), the softmax of 12 keys summed in other orders: as
+    # against diffusers below, eps32 x 12 x |scores| 5 x |V| 3 = 2.1e-5
+    assert_close(fused, auto, atol=f32_bound(12, 5 * 3), what="fused vs per_head")
     with pytest.raises(ValueError, match="no gradient"):
         attention(q, k, v, 0.35, mask, kernel="fused")
 

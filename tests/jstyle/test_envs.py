@@ -2,6 +2,8 @@
 
 import importlib
 import importlib.util
+import json
+import os
 import pkgutil
 import subprocess
 import sys
@@ -42,3 +44,18 @@ def test_env_sh_turns_on_huge_page_malloc_once_and_respects_the_user():
         "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     assert tunables("export GLIBC_TUNABLES=glibc.malloc.hugetlb=0;") == "glibc.malloc.hugetlb=0"
     assert tunables("export JSTYLE_THP=0;") == ""
+
+
+def test_jittor_reads_a_config_json_that_another_process_is_rewriting(tmp_path):
+    """~/.cache/jittor/config.json caught between truncation and write (another JITTOR_HOME's process rewriting
+    it) failed every kernel compile with a JSONDecodeError before envs/patch_jittor.py; now read as empty."""
+    config = tmp_path / ".cache" / "jittor" / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text("")
+    code = "import jittor_utils; print(jittor_utils.home())"
+    env = {**os.environ, "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.strip() == os.path.abspath(os.environ["JITTOR_HOME"])
+    assert json.loads(config.read_text()) == {"JITTOR_HOME": out.stdout.strip()}  # written whole
+    assert [p.name for p in config.parent.iterdir()] == ["config.json"]  # no temporary file left

@@ -1,0 +1,113 @@
+"""bench/prepare_gpu_check.sh on a fresh clone (no .whl/), with a stand-in for `pip download` that writes an
+empty wheel per pin (the real downloads need a package index and ~50 MB): it writes every file
+bench/gpu_check.sh reads from .whl/, and any failed step ends it with an error, never with "ready"."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PREPARE_READS = ["bench/prepare_gpu_check.sh", "envs/jstyle-requirements.txt", "envs/checker-requirements.txt"]
+
+# `python -m pip download [options] -d DIR PIN...`: an empty wheel per PIN (an sdist under --no-binary),
+# except the pins named in FAKE_PIP_DROP; exit 1 when FAKE_PIP_FAIL is set.
+FAKE_PYTHON = r'''#!{python}
+import os, re, sys, zipfile
+args = sys.argv[1:]
+if args[:3] != ["-m", "pip", "download"]:
+    sys.exit("fake python: only `-m pip download`")
+if os.environ.get("FAKE_PIP_FAIL"):
+    sys.exit("ERROR: Could not find a version that satisfies the requirement (no index)")
+dest = args[args.index("-d") + 1]
+drop = set(os.environ.get("FAKE_PIP_DROP", "").split())
+for pin in (a for a in args if "==" in a and a not in drop):
+    name, ver = pin.split("==")
+    if "--no-binary=:all:" in args:
+        open(os.path.join(dest, f"{{name}}-{{ver}}.tar.gz"), "wb").close()
+        continue
+    dist = re.sub(r"[-_.]+", "_", name)
+    with zipfile.ZipFile(os.path.join(dest, f"{{dist}}-{{ver}}-py3-none-any.whl"), "w") as z:
+        z.writestr(f"{{dist}}-{{ver}}.dist-info/METADATA", f"Name: {{name}}\nVersion: {{ver}}\n")
+'''
+
+
+def pins_of(path: Path) -> list[str]:
+    """The `name==version` lines of a requirements file, comments dropped."""
+    lines = (ln.split("#")[0].strip() for ln in path.read_text().splitlines())
+    return [ln for ln in lines if ln]
+
+
+@pytest.fixture
+def clone(tmp_path) -> Path:
+    """A clone-like checkout (a git repo of what prepare reads, no .whl/) and the fake python in it."""
+    repo = tmp_path / "repo"
+    for rel in PREPARE_READS:
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, repo / rel)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    return repo
+
+
+def prepare(repo: Path, **env: str) -> subprocess.CompletedProcess:
+    run_env = {**os.environ, "JSTYLE_PREPARE_PYTHON": str(repo.parent / "python"), **env}
+    return subprocess.run(["bash", str(repo / "bench/prepare_gpu_check.sh")], capture_output=True, text=True,
+                          env=run_env, timeout=120)
+
+
+def test_prepare_writes_every_file_gpu_check_reads(clone, tmp_path):
+    assert not (clone / ".whl").exists()
+    out = prepare(clone)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ready." in out.stdout and "error" not in out.stderr
+    assert 'run(command="bash bench/gpu_check.sh", carry=[".whl"]' in out.stdout
+    whl = clone / ".whl"
+    # the jstyle env's pins (setup.sh installs JSTYLE_REQUIREMENTS=.whl/requirements.txt): all but ray's and ruff
+    reqs = pins_of(whl / "requirements.txt")
+    names = {p.split("==")[0] for p in reqs}
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[^=\s]+", p) for p in reqs), reqs
+    assert "jittor" in names and "numpy" in names and not names & {"ray", "ruff", "torch"}
+    assert set(reqs) <= set(pins_of(ROOT / "envs/jstyle-requirements.txt"))
+    # the torch side's pins (the refsite phase), at the checker env's versions
+    ref = pins_of(whl / "ref-requirements.txt")
+    assert len(ref) == 9 and set(ref) <= set(pins_of(ROOT / "envs/checker-requirements.txt"))
+    assert any(p.startswith("diffusers==") for p in ref)
+    # a file for every pin: the jittor sdist (built offline), pip's wheel (a venv without ensurepip), the rest
+    files = {f.name for f in whl.iterdir()}
+    jittor = next(p for p in reqs if p.startswith("jittor=="))
+    assert f"jittor-{jittor.split('==')[1]}.tar.gz" in files
+    assert any(f.startswith("pip-") and f.endswith(".whl") for f in files)
+    assert len([f for f in files if f.endswith(".whl")]) == len(reqs) - 1 + 3 + len(ref) - len(set(ref) & set(reqs))
+    # the refsite phase finds diffusers' wheel (and each pin this python lacks) by bench/_gpu_check.py's rule
+    site = subprocess.run([sys.executable, str(ROOT / "bench/_gpu_check.py"), "refsite", sys.executable, str(whl),
+                           str(whl / "ref-requirements.txt"), str(tmp_path / "refsite")],
+                          capture_output=True, text=True, timeout=60)
+    assert site.returncode == 0, site.stdout + site.stderr
+    unpacked = json.loads(site.stdout)["unpacked"]
+    assert any(p.startswith("diffusers==") for p in unpacked)
+    assert all((tmp_path / "refsite" / (re.sub(r"[-_.]+", "_", p.split("==")[0]) + f"-{p.split('==')[1]}.dist-info"))
+               .is_dir() for p in unpacked)
+    again = prepare(clone)  # a rerun over the filled .whl/ is fine too
+    assert again.returncode == 0 and "ready." in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"FAKE_PIP_FAIL": "1"}, "pip download failed"),
+    ({"FAKE_PIP_DROP": "pip==25.2"}, "pip==25.2 not in"),
+])
+def test_prepare_stops_on_a_failed_step(clone, env, says):
+    out = prepare(clone, **env)
+    assert out.returncode == 1
+    assert says in out.stderr and "not ready" in out.stderr
+    assert "ready." not in out.stdout
