@@ -7,7 +7,8 @@ Run by envs/setup.sh with the jstyle env's python, before Jittor's first import.
 exact source edit; an expected line that is missing (another Jittor version) is a one-line error.
 The CPU build is unaffected: helper_cuda.h is outside Jittor's cache keys, cuda_flags.cc recompiles
 alone (one object and a relink), the Python edits for CUDA only act when nvcc 13, cuDNN 9 or a Blackwell GPU
-are in use, and the config.json one only where several JITTOR_HOMEs are in use. Paths are relative to the jittor package.
+are in use, and the config.json one only where several JITTOR_HOMEs are in use.
+Paths are relative to the jittor package.
 --check exits 1 when a change is still to be applied, without writing.
 """
 
