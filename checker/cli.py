@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-mode", choices=FID_MODES + tuple(FID_MODE_ALIASES), default=None, metavar="RULE",
                    help=f"{' | '.join(FID_MODES)} (default pooled; all-styles: old name of per-style-mean)")
     p.add_argument("--styles", default=None, metavar="LIST", help="comma-separated subset, e.g. 00,01 (default: all)")
+    p.add_argument("--prompts", default=None, metavar="LIST",
+                   help="with one style: only these prompts of its prompt.json are expected, e.g. Cat,Dog (a "
+                        "screening subset; the others are not counted as missing); default: all")
     p.add_argument("--course-styles", action="store_true",
                    help="score exactly styles 00-14, as the course copy (score_api.py ref_style_numbers = 15)")
     p.add_argument("--metrics", default=",".join(METRIC_NAMES), metavar="LIST",
@@ -128,12 +131,16 @@ def config_from_args(args: argparse.Namespace) -> CheckerConfig:
     if args.fid_mode in FID_MODE_ALIASES:
         print(f"note: --fid-mode {args.fid_mode} is deprecated; it is {FID_MODE_ALIASES[args.fid_mode]}",
               file=sys.stderr)
+    only = _csv(args.prompts)
+    if only is not None and (styles is None or len(styles) != 1):
+        raise CheckerError("--prompts names prompts of one style: give it with --styles STYLE")
     prompts = args.clip_r_prompts
     return CheckerConfig(
         submission=args.submission, data=args.data, mode=args.mode, fid_mode=args.fid_mode,
         styles=styles, metrics=tuple(m for m in METRIC_NAMES if m in metrics),
         device=_resolve_device(args.device), batch_size=args.batch_size, random_weights=args.random_weights,
         seed=args.seed, clip_r_prompts=prompts if prompts in (CLIP_R_SHIPPED, CLIP_R_UNION) else Path(prompts),
+        prompts=only,
     )
 
 

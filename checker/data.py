@@ -167,12 +167,18 @@ def _read_items(paths: list[Path], problems: list[Problem]) -> list[ImageItem]:
     return items
 
 
-def load_style(data: Path, submission: Path, style: str) -> StyleData:
-    """Read one style's references, prompts and generated images; collect problems."""
+def load_style(data: Path, submission: Path, style: str, only: tuple[str, ...] | None = None) -> StyleData:
+    """Read one style's references, prompts and generated images; collect problems. `only`: the prompts
+    expected (a subset of prompt.json, e.g. a screening subset); the others are not counted missing."""
     sd = StyleData(style)
     ref_dir, prompt_file, gen_dir = data / style / "images", data / style / "prompt.json", submission / style
     if prompt_file.is_file():
         sd.prompts = read_prompts(prompt_file)
+    if only is not None:
+        unknown = sorted(set(only) - set(sd.prompts))
+        if unknown:
+            raise CheckerError(f"--prompts {unknown[0]}: not a prompt of {prompt_file}; give words of its prompt.json")
+        sd.prompts = [p for p in sd.prompts if p in set(only)]
     else:
         sd.problems.append(Problem("no_prompts", str(prompt_file), "no prompt.json: missing images cannot be detected"))
     if ref_dir.is_dir():
