@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--styles", default=None, metavar="LIST", help="comma-separated subset, e.g. 00,01 (default: all)")
     p.add_argument("--prompts", default=None, metavar="LIST",
                    help="with one style: only these prompts of its prompt.json are expected, e.g. Cat,Dog (a "
-                        "screening subset; the others are not counted as missing); default: all")
+                        "screening subset; the others are neither scored nor counted missing); default: all")
     p.add_argument("--course-styles", action="store_true",
                    help="score exactly styles 00-14, as the course copy (score_api.py ref_style_numbers = 15)")
     p.add_argument("--metrics", default=",".join(METRIC_NAMES), metavar="LIST",

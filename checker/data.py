@@ -169,7 +169,7 @@ def _read_items(paths: list[Path], problems: list[Problem]) -> list[ImageItem]:
 
 def load_style(data: Path, submission: Path, style: str, only: tuple[str, ...] | None = None) -> StyleData:
     """Read one style's references, prompts and generated images; collect problems. `only`: the prompts
-    expected (a subset of prompt.json, e.g. a screening subset); the others are not counted missing."""
+    expected (a subset of prompt.json, e.g. a screening subset); the others are neither scored nor missing."""
     sd = StyleData(style)
     ref_dir, prompt_file, gen_dir = data / style / "images", data / style / "prompt.json", submission / style
     if prompt_file.is_file():
@@ -191,6 +191,10 @@ def load_style(data: Path, submission: Path, style: str, only: tuple[str, ...] |
         sd.problems.append(Problem("missing_style", str(gen_dir), "style folder missing from the submission"))
     else:
         gen_paths, ignored = list_images(gen_dir)
+        if only is not None:  # the other prompts' images are not scored
+            wanted = {p.lower() for p in sd.prompts}
+            ignored += [p for p in gen_paths if p.stem.lower() not in wanted]
+            gen_paths = [p for p in gen_paths if p.stem.lower() in wanted]
         sd.ignored += [str(p) for p in ignored]
         sd.gens = _read_items(gen_paths, sd.problems)
         if not gen_paths:
