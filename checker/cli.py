@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="result JSON (written atomically; default result.json)")
     p.add_argument("--report", type=Path, default=None, metavar="HTML",
                    help="also write a self-contained HTML report (thumbnails + per-image scores)")
+    p.add_argument("--selection", type=Path, default=None, metavar="JSON",
+                   help="with --report: run_all --method auto's selection.json; the report shows each style's "
+                        "candidates side by side (their screening images and scores, the winner marked)")
     p.add_argument("--weights", type=Path, default=None, metavar="DIR",
                    help=f"weights folder (default ${WEIGHTS_DIR_ENV}); layout below")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -161,6 +164,8 @@ def write_json_atomic(obj: Any, path: Path) -> None:
 
 def _run(argv: Sequence[str] | None, backbones: Any = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.selection is not None and not args.selection.is_file():
+        raise CheckerError(f"--selection {args.selection}: not found; give run_all --method auto's selection.json")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     cfg = config_from_args(args)
@@ -185,7 +190,7 @@ def _run(argv: Sequence[str] | None, backbones: Any = None) -> int:
     if args.report is not None:
         from checker.report import write_html_report
 
-        write_html_report(result, args.report)
+        write_html_report(result, args.report, selection=args.selection)
     from checker.report import summary_table
 
     print(summary_table(result))

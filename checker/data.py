@@ -174,13 +174,13 @@ def load_style(data: Path, submission: Path, style: str, only: tuple[str, ...] |
     ref_dir, prompt_file, gen_dir = data / style / "images", data / style / "prompt.json", submission / style
     if prompt_file.is_file():
         sd.prompts = read_prompts(prompt_file)
+    else:
+        sd.problems.append(Problem("no_prompts", str(prompt_file), "no prompt.json: missing images cannot be detected"))
     if only is not None:
         unknown = sorted(set(only) - set(sd.prompts))
         if unknown:
             raise CheckerError(f"--prompts {unknown[0]}: not a prompt of {prompt_file}; give words of its prompt.json")
         sd.prompts = [p for p in sd.prompts if p in set(only)]
-    else:
-        sd.problems.append(Problem("no_prompts", str(prompt_file), "no prompt.json: missing images cannot be detected"))
     if ref_dir.is_dir():
         ref_paths, ignored = list_images(ref_dir)
         sd.ignored += [str(p) for p in ignored]
