@@ -4,13 +4,13 @@ checker's scorer (loaded once) per style against a check.sh call.
     source envs/env.sh
     $JSTYLE_PYTHON bench/auto.py [--styles 00-02] [--json auto.json] [--keep DIR]
 
-Both runs are run_all --demo (CPU, one worker, in this process; no final check, no package) into fresh
-folders (a temp folder, or --keep DIR: DIR/default and DIR/auto stay, and `run_all.sh --demo --method auto
---out DIR/auto` then only scores and packages); a UNet call is one forward of the demo UNet (a CFG step is
-one call of batch 2; LoRA training steps count too). Then, on the auto run's submission: the scorer
-(checker.serve, random weights, all six metrics) started once, its seconds per style after its first request (the first loads the backbones), against one
-`check.sh --styles S` call per style (which loads them every time). Also: per style, each candidate's
-histogram score on the screening prompts, the pick, and the submission's mean against every single candidate's.
+Both runs are run_all --demo (CPU, one worker, in this process; no final check, no package) into fresh folders (a
+temp folder, or --keep DIR: DIR/default and DIR/auto stay, and `run_all.sh --demo --method auto --out DIR/auto`
+then only scores and packages); a UNet call is one forward of the demo UNet (a CFG step is one call of batch 2;
+LoRA training steps count too). Then, on the auto run's submission: the scorer (checker.serve, random weights, all
+six metrics) started once, its seconds per style after its first request (the first loads the backbones), against
+one `check.sh --styles S` call per style (which loads them every time). Also: per style, each candidate's histogram
+score on the screening prompts, the pick, and the submission's mean against every single candidate's.
 """
 
 from __future__ import annotations
