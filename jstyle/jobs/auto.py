@@ -10,7 +10,8 @@ Per style (as tasks of the one task graph, so resume, atomic writes, workers and
 2. select (in the run's own process, where the checker's scorer stays loaded): each candidate's images are
    scored against the style's references (`--select-by`: the official final with the style's own FID, or
    one metric), the best wins (the first listed on a tie); `work/select/<style>.json`, and `selection.json`
-   gathers every style's;
+   gathers every style's (per candidate: its metrics, final, score, and seconds: the run time of its tasks
+   for the style, a train or content task it shares counted in full);
 3. final: the winner's screening images are copied to `<style>/<Prompt>.png`; it makes the other prompts.
 """
 
