@@ -45,7 +45,7 @@ def counted_run(argv: list[str]) -> tuple[float, int]:
             calls[0] += 1
             return forward(*a, **kw)
 
-        pipe.unet.register_forward_wrapper(count)
+        pipe.unet.mid_block.register_forward_wrapper(count)  # one mid block pass per UNet forward
         return pipe
 
     jstyle.pipeline.load_pipeline = counting_load

@@ -9,6 +9,7 @@ prints the table). The "{instance}" prompt is the style LoRA's instance prompt o
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,8 @@ class RunConfig:
         if self.method == AUTO:
             if self.select_by not in SELECT_BY:
                 raise ConfigError(f"--select-by {self.select_by!r}: use one of {', '.join(SELECT_BY)}")
+            if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.score_device):
+                raise ConfigError(f"--score-device {self.score_device!r}: use auto, cpu, cuda or cuda:N")
             if self.random_weights and self.select_by != "hist":
                 raise ConfigError(f"--select-by {self.select_by} with --random-weights: random backbones make every "
                                   "metric but hist (which has none) meaningless; use --select-by hist")

@@ -75,6 +75,7 @@ def test_default_candidates_come_from_the_registry_field(monkeypatch):
     (["--candidates", "styleid", "styleid"], "listed twice"),
     (["--select-by", "final"], "random backbones make every metric but hist"),
     (["--select-by", "hist", "--screen-prompts", "0"], "--screen-prompts 0"),
+    (["--score-device", "gpu0"], "--score-device 'gpu0'"),
 ])
 def test_bad_auto_settings_are_one_line_errors(tmp_path, capsys, flags, words):
     assert run_all.main([*TINY, "--out", str(tmp_path), *flags]) == 2
