@@ -2,7 +2,7 @@
 checker's scorer (loaded once) per style against a check.sh call.
 
     source envs/env.sh
-    $JSTYLE_PYTHON bench/auto.py [--styles 00-02] [--json auto.json] [--keep DIR]
+    $JSTYLE_PYTHON bench/auto.py [--styles 00-02] [--json auto.json] [--keep DIR] [-- RUN_ALL FLAGS]
 
 Both runs are run_all --demo (CPU, one worker, in this process; no final check, no package) into fresh folders (a
 temp folder, or --keep DIR: DIR/default and DIR/auto stay, and `run_all.sh --demo --method auto --out DIR/auto`
@@ -75,19 +75,23 @@ def main() -> int:
     p.add_argument("--styles", default="00-02")
     p.add_argument("--json", type=Path)
     p.add_argument("--keep", type=Path, help="an empty folder for the two runs, kept (default: a temp folder)")
+    p.add_argument("run_flags", nargs=argparse.REMAINDER, help="after --: more run_all flags for both runs "
+                   "(e.g. --train-steps 20 on a busy machine)")
     args = p.parse_args()
     from jstyle.jobs.workers import keep_running_when_children_die
     from jstyle.scorer import Scorer
 
     keep_running_when_children_die()
     print(machine_line())
+    print("run_all --demo" + "".join(f" {f}" for f in args.run_flags if f != "--"))
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.keep:
             if args.keep.exists() and any(args.keep.iterdir()):
                 raise SystemExit(f"--keep {args.keep}: not empty (the runs must start from nothing to be timed)")
             tmp = str(args.keep)
-        common = ["--demo", "--styles", args.styles, "--no-check", "--no-package", "--no-progress"]
+        extra = [f for f in args.run_flags if f != "--"]
+        common = ["--demo", "--styles", args.styles, "--no-check", "--no-package", "--no-progress", *extra]
         default_s, default_calls = counted_run([*common, "--out", f"{tmp}/default"])
         auto_s, auto_calls = counted_run([*common, "--method", "auto", "--out", f"{tmp}/auto"])
         print(f"default method (styleid_dreambooth): {default_s:.0f} s, {default_calls} UNet calls")
