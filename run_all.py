@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parent
 
 # --demo's settings: the demo model's 64 px, small enough for a 2-core CPU in minutes (any flag overrides them);
 # DiffStyle's 20 steps share only label 999 with its 50-step replace schedule: content_replace_step 0 injects on all
+# the demo's checker has random-weight backbones: --method auto selects by hist, the one metric without a backbone
 DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=20, train_steps=200, styleid_steps=20,
-            diffstyle_steps=20, diffstyle_content_replace_step=0, sdedit_steps=20, guidance=5.0)
+            diffstyle_steps=20, diffstyle_content_replace_step=0, sdedit_steps=20, guidance=5.0, random_weights=True,
+            select_by="hist")
 DEMO_MODEL = ROOT / "demo" / "model"  # made by scripts/train_demo_model.py
 HELP_ONLY = ("demo", "config", "no_progress", "no_check", "no_package", "list_recipes")  # not run settings
 CONFIG_ONLY = ("train_settings",)  # --config keys without a flag: LoRATrainConfig fields over the preset
@@ -30,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import dataclasses
 
     from jstyle import recipes
-    from jstyle.jobs.plan import DTYPES, REFERENCE_RULES, RunConfig
+    from jstyle.jobs.plan import AUTO, DTYPES, REFERENCE_RULES, SELECT_BY, RunConfig
     from jstyle.methods import registry
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -53,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, help="dataset: <style>/images/*, <style>/prompt.json (default demo/data)")
     p.add_argument("--model", type=Path, help="diffusers Stable Diffusion folder (--demo: demo/model)")
     p.add_argument("--out", type=Path, help="results folder (default outputs/demo, or outputs/<method>)")
-    p.add_argument("--method", choices=list(registry.METHODS), help="style-transfer method, listed below"
+    p.add_argument("--method", choices=[*registry.METHODS, AUTO], help="style-transfer method, listed below; auto: "
+                   "per style the candidate the checker scores best on a few prompts (see 'method auto' below)"
                    + dflt("method"))
     p.add_argument("--styles", help="e.g. 00-14 or 00,03,07 (default: every style folder)")
     p.add_argument("--devices", help="auto (every GPU, else CPU), cpu, cpu:N (N CPU workers) or GPU ids 0,1,2,3"
@@ -89,6 +92,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to <out>/logs)")
     p.add_argument("--no-check", action="store_true", help="with --demo: skip scoring")
     p.add_argument("--no-package", action="store_true", help="with --demo: skip writing submission.zip")
+    auto = p.add_argument_group("method auto", "Per style each candidate makes --screen-prompts prompts; the "
+                                "checker's scorer (loaded once, in the checker env) scores them against the style's "
+                                "references; the best wins and makes the rest. 'final' is the official formula with "
+                                "the style's own FID: the official FID pools every style, so it cannot be split by "
+                                "style (score the submission with check.sh for the official figure). Writes "
+                                "<out>/selection.json.")
+    auto.add_argument("--candidates", nargs="+", metavar="NAME[:K=V,...]", help="methods or recipes, each with "
+                      "optional settings, e.g. styleid styleid:styleid_gamma=0.5 diffstyle jdiffartflow (default: "
+                      f"{' '.join(registry.default_candidates())})")
+    auto.add_argument("--screen-prompts", type=int, metavar="N", help="prompts per style each candidate makes, a "
+                      "seeded draw (all when the style has fewer)" + dflt("screen_prompts"))
+    auto.add_argument("--select-by", choices=SELECT_BY, help="the style score that picks (lpips, fid: lower)"
+                      + dflt("select_by"))
+    auto.add_argument("--score-device", help="the scorer's device: auto, cpu, cuda or cuda:N" + dflt("score_device"))
+    auto.add_argument("--checker-weights", help="the checker's weights folder (default $JSTYLE_CHECKER_WEIGHTS)")
+    auto.add_argument("--random-weights", action="store_true", default=None, help="the scorer's backbones at random "
+                      "(--demo): only --select-by hist is meaningful")
     for cls, users in registry.all_settings().items():
         group = p.add_argument_group(f"{registry.prefix_of(cls)} settings ({cls.__name__}; "
                                      f"--method {', '.join(m.name for m in users)})")
@@ -168,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     from jstyle.errors import ConfigError
     from jstyle.jobs import parse_workers, run_graph
     from jstyle.jobs.plan import RunConfig, build_graph
+    from jstyle.jobs.stages import LOCAL_STAGES
 
     s = settings(args)
     s["data"] = str(Path(s.get("data") or ROOT / "demo" / "data"))
@@ -183,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = RunConfig.from_dict({**s, "styles": tuple(styles)})
     if not Path(cfg.model).is_dir():
         raise ConfigError(f"--model {cfg.model}: folder not found")
-    if cfg.trains:  # the LoRA settings fail here, in one line, not in every train task
+    if not cfg.auto and cfg.trains:  # the LoRA settings fail here, in one line, not in every train task
         from jstyle.training import preset
 
         preset(cfg.preset, **cfg.train_overrides())
@@ -199,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
           f"(logs in {out / 'logs'})", flush=True)
     report = run_graph(graph, "jstyle.jobs.stages:execute", out_dir=out, config=cfg.to_dict(),
                        manifest_config=cfg.hashed(), workers=workers, retries=cfg.retries, progress=cfg.progress,
-                       backend=cfg.backend, address=cfg.address)
+                       backend=cfg.backend, address=cfg.address, local_stages=LOCAL_STAGES)
     print(f"{len(report.done)} tasks done, {len(report.already_done)} already done, {len(report.failed)} failed, "
           f"{len(report.not_run)} not run ({report.seconds:.0f} s); manifest: {out / 'manifest.json'}")
     for key, error in report.failed.items():
@@ -228,6 +249,8 @@ def score(cfg, styles: list[str]) -> int:
     out = Path(cfg.out)
     cmd = ["bash", str(ROOT / "check.sh"), "--submission", str(out), "--data", cfg.data, "--random-weights",
            "--out", str(out / "result.json"), "--report", str(out / "report.html"), "--styles", ",".join(styles)]
+    if cfg.auto:  # the report shows each style's candidates
+        cmd += ["--selection", str(out / "selection.json")]
     print("scoring: " + " ".join(cmd), flush=True)
     return subprocess.run(cmd).returncode
 

@@ -5,8 +5,14 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 t0="${EPOCHREALTIME/,/.}"  # as envs/env.sh jstyle_now (sourced below)
 envs=jstyle
-for arg in "$@"; do [ "$arg" = --demo ] && envs=all; done   # the demo also scores with the checker
-for arg in "$@"; do [ "$arg" = --no-check ] && envs=jstyle; done   # ... unless told not to (no checker env)
+demo= check=1 auto= prev=
+for arg in "$@"; do
+  case "$arg" in --demo) demo=1;; --no-check) check=;; --method=auto) auto=1;; esac
+  [ "$prev $arg" = "--method auto" ] && auto=1
+  prev="$arg"
+done
+# the demo also scores with the checker (unless told not to); --method auto scores with it while it runs
+{ [ -n "$demo" ] && [ -n "$check" ]; } || [ -n "$auto" ] && envs=all
 bash "$root/envs/setup.sh" "$envs"
 export JSTYLE_CUDA_NOTE=1  # set-up said it once (a CUDA toolkit without a driver, ...): not again below
 # shellcheck source=envs/env.sh

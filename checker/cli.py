@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="result JSON (written atomically; default result.json)")
     p.add_argument("--report", type=Path, default=None, metavar="HTML",
                    help="also write a self-contained HTML report (thumbnails + per-image scores)")
+    p.add_argument("--selection", type=Path, default=None, metavar="JSON",
+                   help="with --report: run_all --method auto's selection.json; the report shows each style's "
+                        "candidates side by side (their screening images and scores, the winner marked)")
     p.add_argument("--weights", type=Path, default=None, metavar="DIR",
                    help=f"weights folder (default ${WEIGHTS_DIR_ENV}); layout below")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -75,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-mode", choices=FID_MODES + tuple(FID_MODE_ALIASES), default=None, metavar="RULE",
                    help=f"{' | '.join(FID_MODES)} (default pooled; all-styles: old name of per-style-mean)")
     p.add_argument("--styles", default=None, metavar="LIST", help="comma-separated subset, e.g. 00,01 (default: all)")
+    p.add_argument("--prompts", default=None, metavar="LIST",
+                   help="with one style: only these prompts of its prompt.json are expected, e.g. Cat,Dog (a "
+                        "screening subset; the others are neither scored nor counted missing); default: all")
     p.add_argument("--course-styles", action="store_true",
                    help="score exactly styles 00-14, as the course copy (score_api.py ref_style_numbers = 15)")
     p.add_argument("--metrics", default=",".join(METRIC_NAMES), metavar="LIST",
@@ -128,12 +134,16 @@ def config_from_args(args: argparse.Namespace) -> CheckerConfig:
     if args.fid_mode in FID_MODE_ALIASES:
         print(f"note: --fid-mode {args.fid_mode} is deprecated; it is {FID_MODE_ALIASES[args.fid_mode]}",
               file=sys.stderr)
+    only = _csv(args.prompts)
+    if only is not None and (styles is None or len(styles) != 1):
+        raise CheckerError("--prompts names prompts of one style: give it with --styles STYLE")
     prompts = args.clip_r_prompts
     return CheckerConfig(
         submission=args.submission, data=args.data, mode=args.mode, fid_mode=args.fid_mode,
         styles=styles, metrics=tuple(m for m in METRIC_NAMES if m in metrics),
         device=_resolve_device(args.device), batch_size=args.batch_size, random_weights=args.random_weights,
         seed=args.seed, clip_r_prompts=prompts if prompts in (CLIP_R_SHIPPED, CLIP_R_UNION) else Path(prompts),
+        prompts=only,
     )
 
 
@@ -154,6 +164,8 @@ def write_json_atomic(obj: Any, path: Path) -> None:
 
 def _run(argv: Sequence[str] | None, backbones: Any = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.selection is not None and not args.selection.is_file():
+        raise CheckerError(f"--selection {args.selection}: not found; give run_all --method auto's selection.json")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub, even by accident
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     cfg = config_from_args(args)
@@ -178,7 +190,7 @@ def _run(argv: Sequence[str] | None, backbones: Any = None) -> int:
     if args.report is not None:
         from checker.report import write_html_report
 
-        write_html_report(result, args.report)
+        write_html_report(result, args.report, selection=args.selection)
     from checker.report import summary_table
 
     print(summary_table(result))

@@ -52,6 +52,7 @@ class CheckerConfig:
     random_weights: bool = False
     seed: int = 0  # only used for --random-weights
     clip_r_prompts: Path | str = CLIP_R_SHIPPED  # a word file, "shipped" (default) or "union"
+    prompts: tuple[str, ...] | None = None  # only these prompts of the style are expected (None: all of prompt.json)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -167,14 +167,20 @@ def _read_items(paths: list[Path], problems: list[Problem]) -> list[ImageItem]:
     return items
 
 
-def load_style(data: Path, submission: Path, style: str) -> StyleData:
-    """Read one style's references, prompts and generated images; collect problems."""
+def load_style(data: Path, submission: Path, style: str, only: tuple[str, ...] | None = None) -> StyleData:
+    """Read one style's references, prompts and generated images; collect problems. `only`: the prompts
+    expected (a subset of prompt.json, e.g. a screening subset); the others are neither scored nor missing."""
     sd = StyleData(style)
     ref_dir, prompt_file, gen_dir = data / style / "images", data / style / "prompt.json", submission / style
     if prompt_file.is_file():
         sd.prompts = read_prompts(prompt_file)
     else:
         sd.problems.append(Problem("no_prompts", str(prompt_file), "no prompt.json: missing images cannot be detected"))
+    if only is not None:
+        unknown = sorted(set(only) - set(sd.prompts))
+        if unknown:
+            raise CheckerError(f"--prompts {unknown[0]}: not a prompt of {prompt_file}; give words of its prompt.json")
+        sd.prompts = [p for p in sd.prompts if p in set(only)]
     if ref_dir.is_dir():
         ref_paths, ignored = list_images(ref_dir)
         sd.ignored += [str(p) for p in ignored]
@@ -185,6 +191,10 @@ def load_style(data: Path, submission: Path, style: str) -> StyleData:
         sd.problems.append(Problem("missing_style", str(gen_dir), "style folder missing from the submission"))
     else:
         gen_paths, ignored = list_images(gen_dir)
+        if only is not None:  # the other prompts' images are not scored
+            wanted = {p.lower() for p in sd.prompts}
+            ignored += [p for p in gen_paths if p.stem.lower() not in wanted]
+            gen_paths = [p for p in gen_paths if p.stem.lower() in wanted]
         sd.ignored += [str(p) for p in ignored]
         sd.gens = _read_items(gen_paths, sd.problems)
         if not gen_paths:

@@ -77,6 +77,9 @@ th{background:#eee}.warn{background:#c00;color:#fff;padding:12px;font-size:20px;
 .hit img{border-color:#2a2}.miss img{border-color:#d33}.missing{width:160px;height:160px;background:#fdd;
 display:flex;align-items:center;justify-content:center;color:#a00;font-weight:bold}
 .ref img{border-color:#36c}h3{margin:6px 0}.small{font-size:12px;color:#555}
+.cands{display:flex;flex-wrap:wrap;gap:10px}.cand{border:3px solid #ccc;padding:6px;background:#fdfdfd}
+.cand .card img{border-color:#ccc}.cand.winner{border-color:#2a2;background:#efe}
+.badge{background:#2a2;color:#fff;font-weight:bold;padding:1px 6px;border-radius:3px;font-size:12px}
 """
 
 
@@ -85,9 +88,32 @@ def _card(title: str, uri: str | None, lines: list[str], cls: str) -> str:
     return f'<div class="card {cls}">{img}<div><b>{html.escape(title)}</b><br>{"<br>".join(lines)}</div></div>'
 
 
-def write_html_report(result: dict[str, Any], out: Path, thumb: int = 160) -> None:
+def _candidates(entry: dict[str, Any], root: Path, thumb: int) -> str:
+    """A style's --method auto candidates side by side: each one's screening images and scores, the winner marked."""
+    by = entry["select_by"]
+    parts = [f"<h3>Candidates (picked by {html.escape(by)} on {len(entry['prompts'])} screening prompt(s))</h3>"
+             "<div class='cands'>"]
+    for spec, cand in entry["candidates"].items():
+        won = spec == entry["winner"]
+        score = cand["score"]
+        head = (f"<b>{html.escape(spec)}</b> {'<span class=badge>WINNER</span>' if won else ''}<br>"
+                f"{html.escape(by)} {_fmt(score).strip()}"
+                + "".join(f", {html.escape(k)} {_fmt(v).strip()}" for k, v in cand["metrics"].items() if k != by)
+                + f"<br>{cand['seconds']} s to make")
+        cards = "".join(_card(obj, _thumb(str(root / rel), thumb), [], "") for obj, rel in cand["images"].items())
+        parts.append(f"<div class='cand{' winner' if won else ''}' data-candidate='{html.escape(spec)}'>"
+                     f"<div class='small'>{head}</div><div class='grid'>{cards}</div></div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def write_html_report(result: dict[str, Any], out: Path, thumb: int = 160, selection: Path | None = None) -> None:
     """One page: overall scores, then per style the references and the generated images with
-    their per-image scores (green border = CLIP-R hit, red = miss)."""
+    their per-image scores (green border = CLIP-R hit, red = miss); with a run_all --method auto
+    `selection` (selection.json), each style's candidates side by side, the winner marked."""
+    import json
+
+    chosen = json.loads(selection.read_text(encoding="utf-8"))["styles"] if selection else {}
     parts = [f"<!doctype html><meta charset='utf-8'><title>jstyle checker report</title><style>{_CSS}</style>"]
     if result.get("WARNING"):
         parts.append(f"<div class='warn'>{html.escape(result['WARNING'])}</div>")
@@ -112,6 +138,8 @@ def write_html_report(result: dict[str, Any], out: Path, thumb: int = 160) -> No
             parts.append("<ul class='small'>" + "".join(
                 f"<li>[{html.escape(p['kind'])}] {html.escape(Path(p['path']).name)}: {html.escape(p['message'])}</li>"
                 for p in mine) + "</ul>")
+        if name in chosen:
+            parts.append(_candidates(chosen[name], selection.parent, thumb))
         parts.append(f"<h3>References ({st['n_references']})</h3><div class='grid'>")
         parts += [_card(Path(p).name, _thumb(p, thumb), [], "ref") for p in st["references"]]
         parts.append(f"</div><h3>Generated ({st['n_generated']})</h3><div class='grid'>")

@@ -19,7 +19,7 @@ import torch
 
 from checker import __version__
 from checker.config import COURSE_STYLES, RANDOM_WEIGHTS_WARNING, CheckerConfig
-from checker.data import Problem, discover_styles, list_images, load_style
+from checker.data import Problem, discover_styles, list_images, load_style, read_prompts
 from checker.errors import CheckerError
 from checker.metric import Backbones, Metric, Run, StyleResult
 from checker.metrics import METRICS
@@ -89,6 +89,12 @@ def check_inputs(cfg: CheckerConfig, registry: Mapping[str, Metric] = METRICS) -
         raise CheckerError(f"--submission {cfg.submission}: not a folder; expected <submission>/<style>/<Prompt>.png")
     flag = "--course-styles" if cfg.styles == COURSE_STYLES else "--styles"
     styles = discover_styles(cfg.data, cfg.styles, flag)
+    if cfg.prompts is not None:
+        words = read_prompts(cfg.data / styles[0] / "prompt.json")
+        unknown = sorted(set(cfg.prompts) - set(words))
+        if len(styles) != 1 or unknown:
+            raise CheckerError(f"--prompts {','.join(unknown or cfg.prompts)}: give prompts of one style's "
+                               f"prompt.json ({cfg.data / styles[0] / 'prompt.json'}) with --styles STYLE")
     for m in metrics:
         m.check(cfg)
     return styles
@@ -119,7 +125,7 @@ def evaluate(cfg: CheckerConfig, bb: Backbones, log: Log = lambda s: None,
     ignored: list[str] = []
     for style in styles:
         t0 = time.perf_counter()
-        sd = load_style(cfg.data, cfg.submission, style)
+        sd = load_style(cfg.data, cfg.submission, style, cfg.prompts)
         timer.add("load", t0)
         scores = {}
         for m in metrics:

@@ -65,6 +65,9 @@ class Recipe:
     output: str = "<out>/<style>/<prompt>.png"  # the file layout (jstyle's; a source's other one is in notes)
     cost: str = ""  # what a style costs: training steps, inference steps, what runs per prompt
     notes: tuple[str, ...] = ()  # why each choice, and every deviation from the source
+    # in --method auto's default candidates; off for today's four: each sets a whole run (512 px, its dtype, 500-800
+    # LoRA steps, class images) over the run's own size and steps; name one in --candidates to screen it
+    candidate: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The run settings this recipe resolves to (flat keys, as run_all's flags and --config)."""

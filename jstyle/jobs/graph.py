@@ -12,7 +12,8 @@ __all__ = ["Task", "TaskGraph"]
 @dataclass(frozen=True)
 class Task:
     """One unit of work: `key` is unique ("00/train", "00/generate/Dolphin"); `outputs` are paths relative
-    to the run's out dir that the task writes atomically (what a rerun checks)."""
+    to the run's out dir that the task writes atomically (what a rerun checks); `candidate` (--method auto):
+    the candidate whose settings the task runs with."""
 
     key: str
     stage: str
@@ -20,6 +21,7 @@ class Task:
     prompt: str | None = None
     deps: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    candidate: str | None = None
 
 
 class TaskGraph:
@@ -38,6 +40,9 @@ class TaskGraph:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._tasks
 
     def __getitem__(self, key: str) -> Task:
         return self._tasks[key]

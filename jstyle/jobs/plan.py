@@ -9,6 +9,7 @@ prints the table). The "{instance}" prompt is the style LoRA's instance prompt o
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,16 @@ from .graph import Task, TaskGraph
 __all__ = ["RunConfig", "build_graph", "instance_prompt", "scheduler_name", "lora_path", "content_path",
            "final_path"]
 
+AUTO = "auto"  # --method auto: per style, the candidate the checker's scorer picks (jstyle.jobs.auto)
+SELECT_BY = ("final", "dino", "hist", "lpips", "fid", "clip_iqa", "clip_r")  # what --method auto picks by
+# --method auto's settings: left out of the config hash of every other method (its runs resume as before)
+AUTO_FIELDS = ("candidates", "screen_prompts", "select_by", "score_device", "random_weights", "checker_weights")
 REFERENCE_RULES = ("first", "nearest", "random")  # jstyle.methods.reference.RULES
 DTYPES = ("auto", "float32", "float16")  # auto: float16 on CUDA (LoRA training in fp16 mixed precision), else float32
 # settings that do not change any output (left out of the manifest's config hash); a recipe's name is only a label:
 # the hash covers the settings it resolves to, so a recipe and the same settings given as flags resume each other
-RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "gradient_checkpointing", "recipe")
+RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "gradient_checkpointing", "recipe",
+                "score_device", "shared_work")
 # LoRATrainConfig fields the run sets itself (train_settings may not): the flag that sets each
 RUN_OWNED_TRAIN = {"style_dir": "--data", "output_dir": "--out", "resolution": "--train-size", "seed": "--seed",
                    "max_train_steps": "--train-steps", "mixed_precision": "--dtype", "progress": "--no-progress",
@@ -65,10 +71,19 @@ class RunConfig:
     address: str | None = None
     retries: int = 1
     progress: bool = True
+    # --method auto (jstyle.jobs.auto): candidates ("NAME[:key=value,...]", a method or a recipe; () = the registry's
+    # default list), prompts screened per style, what picks, the scorer's device and backbones
+    candidates: tuple[str, ...] = ()
+    screen_prompts: int = 5
+    select_by: str = "final"
+    score_device: str = "auto"
+    random_weights: bool = False  # the scorer's backbones at random: only hist (no backbone) is meaningful
+    checker_weights: str | None = None  # the checker's weights folder (default $JSTYLE_CHECKER_WEIGHTS)
+    shared_work: bool = False  # work files named by their settings (auto's candidates share LoRAs and contents)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        method = registry.get(self.method)
+        method = None if self.method == AUTO else registry.get(self.method)
         if self.reference not in REFERENCE_RULES:
             raise ConfigError(f"--reference {self.reference!r}: use one of {', '.join(REFERENCE_RULES)}")
         if self.prompt_template is not None:
@@ -104,7 +119,19 @@ class RunConfig:
         unknown = sorted(set(self.settings) - set(known))
         if unknown:
             raise ConfigError(f"unknown method setting '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        if self.method == AUTO:
+            if self.select_by not in SELECT_BY:
+                raise ConfigError(f"--select-by {self.select_by!r}: use one of {', '.join(SELECT_BY)}")
+            if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.score_device):
+                raise ConfigError(f"--score-device {self.score_device!r}: use auto, cpu, cuda or cuda:N")
+            if self.random_weights and self.select_by != "hist":
+                raise ConfigError(f"--select-by {self.select_by} with --random-weights: random backbones make every "
+                                  "metric but hist (which has none) meaningless; use --select-by hist")
+            if self.screen_prompts < 1 or (self.screen_prompts < 2 and self.select_by in ("final", "fid")):
+                raise ConfigError(f"--screen-prompts {self.screen_prompts}: at least 1, and 2 to select by "
+                                  f"{self.select_by} (FID needs 2 images)")
         object.__setattr__(self, "styles", tuple(self.styles))
+        object.__setattr__(self, "candidates", tuple(self.candidates))
         # a JSON list (--config) is the tuple a recipe gives (target lists): the same settings, the same hash
         object.__setattr__(self, "train_settings", {k: tuple(v) if isinstance(v, list) else v
                                                     for k, v in self.train_settings.items()})
@@ -134,6 +161,10 @@ class RunConfig:
     def method_entry(self) -> registry.Method:
         return registry.get(self.method)
 
+    @property
+    def auto(self) -> bool:
+        return self.method == AUTO
+
     def method_settings(self) -> Any:
         """The method's settings dataclass (None for a method without settings)."""
         return registry.build_settings(self.method_entry, self.settings, self)
@@ -142,6 +173,11 @@ class RunConfig:
         """The settings that decide the outputs: the manifest's config hash covers exactly these (the method's
         own settings with their defaults filled in; another method's settings change nothing)."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_ONLY and k != "settings"}
+        if self.auto:  # what each candidate runs, its own settings filled in
+            from .auto import candidates
+
+            return {**d, "candidates": {c.spec: c.cfg.hashed() for c in candidates(self)}}
+        d = {k: v for k, v in d.items() if k not in AUTO_FIELDS}
         settings = self.method_entry.settings_class()
         for s in registry.settings_of(settings) if settings else ():
             d[s.key] = self.settings.get(s.key, s.default)
@@ -150,6 +186,26 @@ class RunConfig:
     @property
     def trains(self) -> bool:
         return self.method_entry.trains
+
+    def lora_file(self, style: str) -> str:
+        """The style LoRA this run's tasks train and read (shared_work: named by its training settings)."""
+        return lora_path(style, _short_hash(self.lora_key()) if self.shared_work else None)
+
+    def lora_key(self) -> dict[str, Any]:
+        """What decides a style's LoRA: the preset, the training settings and the base dtype."""
+        return {"preset": self.preset, "train": self.train_overrides(), "dtype": self.dtype, "model": self.model}
+
+    def content_file(self, style: str, obj: str) -> str:
+        """The content image of `obj` this run's tasks generate and read (shared_work: named by its settings)."""
+        if not self.shared_work:
+            return content_path(style, obj)
+        m = self.method_entry
+        template = self.prompt_template or m.prompt
+        key = {"template": template, "lora": self.lora_key() if m.trains else None, "skip": self.lora_skip(),
+               "steps": self.steps, "guidance": self.guidance, "size": self.size, "scheduler": self.scheduler,
+               "seed": self.seed, "seed_per_style": self.seed_per_style, "dtype": self.dtype, "model": self.model,
+               "instance": (self.preset, self.train_settings) if "{instance}" in template else None}
+        return content_path(style, obj, _short_hash(key))
 
     def prompt(self, style: str, obj: str) -> str:
         """The text prompt of object word `obj` in `style` (the method's template; {instance}: the LoRA's)."""
@@ -204,12 +260,19 @@ def instance_prompt(preset: str, style: str, obj: str, train_settings: dict[str,
     return text if has_obj else f"{obj} in {text}"
 
 
-def lora_path(style: str) -> str:
-    return f"work/{style}/lora/pytorch_lora_weights.safetensors"
+def _short_hash(obj: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def content_path(style: str, prompt: str) -> str:
-    return f"work/{style}/content/{prompt}.png"
+def lora_path(style: str, key: str | None = None) -> str:
+    return f"work/{style}/lora{'-' + key if key else ''}/pytorch_lora_weights.safetensors"
+
+
+def content_path(style: str, prompt: str, key: str | None = None) -> str:
+    return f"work/{style}/content{'-' + key if key else ''}/{prompt}.png"
 
 
 def final_path(style: str, prompt: str) -> str:
@@ -218,6 +281,10 @@ def final_path(style: str, prompt: str) -> str:
 
 def build_graph(cfg: RunConfig, prompts: dict[str, list[str]]) -> TaskGraph:
     """Tasks for {style: [object words]}; each waits only for what it reads."""
+    if cfg.auto:
+        from .auto import build_auto_graph
+
+        return build_auto_graph(cfg, prompts)
     method = cfg.method_entry
     graph = TaskGraph()
     for style, objs in prompts.items():

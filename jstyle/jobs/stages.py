@@ -18,26 +18,30 @@ from ..data import list_images
 from ..io import read_rgb, save_png
 from ..methods.registry import InjectJob
 from .graph import Task
-from .plan import RunConfig, content_path, final_path, lora_path, scheduler_name
+from .plan import RunConfig, final_path, scheduler_name
 from .runtime import WorkerContext
 
 if TYPE_CHECKING:
     from ..training import LoRATrainConfig
 
-__all__ = ["execute", "train_config", "base_dtype", "OUTPUT_SIZE"]
+__all__ = ["execute", "train_config", "base_dtype", "content_image", "styled_image", "OUTPUT_SIZE", "LOCAL_STAGES"]
 
 OUTPUT_SIZE = 512  # the challenge's result size
 
 
 def _pipeline(cfg: RunConfig, ctx: WorkerContext):
-    if "pipe" not in ctx.cache:
-        from ..device import use_device
+    """The worker's pipeline in cfg's dtype (loaded again only when a --method auto candidate asks another)."""
+    from ..device import use_device
+
+    device = use_device(ctx.device)
+    # --dtype auto: float16 on CUDA, the VAE in float32 where its config asks (force_upcast: fp16 VAEs overflow)
+    dtype = base_dtype(cfg.dtype, device)
+    if ctx.cache.get("pipe_key") != (cfg.model, dtype):
         from ..pipeline import load_pipeline
 
-        device = use_device(ctx.device)
-        # --dtype auto: float16 on CUDA, the VAE in float32 where its config asks (force_upcast: fp16 VAEs overflow)
-        dtype = base_dtype(cfg.dtype, device)
+        ctx.cache.pop("pipe", None)
         ctx.cache["pipe"] = load_pipeline(cfg.model, dtype=dtype, vae_dtype="auto")
+        ctx.cache["pipe_key"], ctx.cache["lora"] = (cfg.model, dtype), None
         ctx.log.info("loaded %s on %s in %s", cfg.model, device, dtype)
     return ctx.cache["pipe"]
 
@@ -49,18 +53,18 @@ def base_dtype(dtype: str, device: str) -> str:
     return "float16" if device == "cuda" else "float32"
 
 
-def _use_lora(pipe, ctx: WorkerContext, style: str | None, skip: tuple[str, ...] = ()) -> None:
-    """Make the pipeline carry `style`'s LoRA without the `skip` targets (None: no LoRA at all), reusing what is
-    already there."""
+def _use_lora(pipe, ctx: WorkerContext, lora: str | None, skip: tuple[str, ...] = ()) -> None:
+    """Make the pipeline carry the LoRA file `lora` (relative to the out dir) without the `skip` targets (None: no
+    LoRA at all), reusing what is already there."""
     from .. import lora as L
 
-    if ctx.cache.get("lora") == style:
+    if ctx.cache.get("lora") == (lora, skip if lora else ()):
         return
-    if style is None:
+    if lora is None:
         L.unload_lora(pipe)
     else:
-        L.apply_lora(pipe, ctx.out_dir / lora_path(style), skip=skip)
-    ctx.cache["lora"] = style
+        L.apply_lora(pipe, ctx.out_dir / lora, skip=skip)
+    ctx.cache["lora"] = (lora, skip if lora else ())
 
 
 def _save(image: np.ndarray, path: Path, size: int | None = None) -> None:
@@ -87,45 +91,97 @@ def train_config(cfg: RunConfig, style: str, out_dir: Path, base_dtype: str) -> 
 def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
     from ..train_lora import train_lora
 
-    out = (ctx.out_dir / lora_path(task.style)).parent
+    out = (ctx.out_dir / task.outputs[0]).parent
     train_lora(train_config(cfg, task.style, out, pipe.dtype), pipe=pipe)
     # training leaves this style's whole LoRA in the pipeline; with layers to skip at inference it is reloaded
-    ctx.cache["lora"] = ("trained", task.style) if cfg.lora_skip() else task.style
-    return {"lora": lora_path(task.style)}
+    ctx.cache["lora"] = ("trained", task.outputs[0]) if cfg.lora_skip() else (task.outputs[0], ())
+    return {"lora": task.outputs[0]}
 
 
-def generate(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
-    method = cfg.method_entry
-    _use_lora(pipe, ctx, task.style if method.trains else None, cfg.lora_skip())
-    prompt = cfg.prompt(task.style, task.prompt)
+def content_image(cfg: RunConfig, style: str, obj: str, ctx: WorkerContext, pipe) -> tuple[np.ndarray, str]:
+    """Text-to-image of the method's prompt for `obj` (with the style's LoRA when the method trains one)."""
+    _use_lora(pipe, ctx, cfg.lora_file(style) if cfg.method_entry.trains else None, cfg.lora_skip())
+    prompt = cfg.prompt(style, obj)
     image = pipe.text_to_image(prompt, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                                height=cfg.size, width=cfg.size,
                                scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config),
-                               generator=np.random.default_rng(cfg.inference_seed(task.style)))[0]
+                               generator=np.random.default_rng(cfg.inference_seed(style)))[0]
+    return image, prompt
+
+
+def styled_image(cfg: RunConfig, style: str, obj: str, content: np.ndarray | None, ctx: WorkerContext,
+                 pipe) -> tuple[np.ndarray, dict[str, Any]]:
+    """The method's inject function on `content` (or none), with or without the style's LoRA."""
+    method = cfg.method_entry
+    _use_lora(pipe, ctx, cfg.lora_file(style) if method.inject_lora else None, cfg.lora_skip())
+    job = InjectJob(settings=cfg.method_settings(), style=style, prompt=cfg.prompt(style, obj),
+                    content=content, references=list_images(Path(cfg.data) / style),
+                    reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
+                    seed=cfg.inference_seed(style), obj=obj, cache=ctx.cache,
+                    scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config))
+    return method.inject_function()(pipe, job)
+
+
+def generate(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
+    image, prompt = content_image(cfg, task.style, task.prompt, ctx, pipe)
     final = task.outputs[0] == final_path(task.style, task.prompt)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE if final else None)
     return {"prompt": prompt}
 
 
+def _content(cfg: RunConfig, task: Task, ctx: WorkerContext) -> np.ndarray | None:
+    """The task's content image, as its generate task wrote it (None for a method without one)."""
+    return read_rgb(ctx.out_dir / cfg.content_file(task.style, task.prompt), cfg.size) \
+        if cfg.method_entry.generates else None
+
+
 def inject(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
     """The method's inject function on this task's content (or none), with or without the style's LoRA."""
-    method = cfg.method_entry
-    content = read_rgb(ctx.out_dir / content_path(task.style, task.prompt), cfg.size) if method.generates else None
-    _use_lora(pipe, ctx, task.style if method.inject_lora else None, cfg.lora_skip())
-    job = InjectJob(settings=cfg.method_settings(), style=task.style, prompt=cfg.prompt(task.style, task.prompt),
-                    content=content, references=list_images(Path(cfg.data) / task.style),
-                    reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
-                    seed=cfg.inference_seed(task.style), obj=task.prompt, cache=ctx.cache,
-                    scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config))
-    image, info = method.inject_function()(pipe, job)
+    image, info = styled_image(cfg, task.style, task.prompt, _content(cfg, task, ctx), ctx, pipe)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)
     return info
 
 
-STAGES = {"train": train, "generate": generate, "inject": inject}
+def screen(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
+    """--method auto: a candidate's image of a screening prompt (its inject step, or its content at 512)."""
+    if cfg.method_entry.inject:
+        return inject(cfg, task, ctx, pipe)
+    _save(_content(cfg, task, ctx), ctx.out_dir / task.outputs[0], OUTPUT_SIZE)
+    return {}
+
+
+def final(run: RunConfig, task: Task, ctx: WorkerContext) -> dict[str, Any]:
+    """--method auto: the style's winner's image of the prompt: its screening image, else made now."""
+    from ..io import atomic_write
+    from .auto import screen_path, winner_of
+
+    cand, screened = winner_of(run, ctx.out_dir, task.style)
+    out = ctx.out_dir / task.outputs[0]
+    if task.prompt in screened:
+        atomic_write(out, (ctx.out_dir / screen_path(cand.slug, task.style, task.prompt)).read_bytes())
+        return {"winner": cand.spec, "from": "screening"}
+    cfg = cand.cfg
+    pipe = _pipeline(cfg, ctx)
+    content = content_image(cfg, task.style, task.prompt, ctx, pipe)[0] if cfg.method_entry.generates else None
+    image = styled_image(cfg, task.style, task.prompt, content, ctx, pipe)[0] if cfg.method_entry.inject else content
+    _save(image, out, OUTPUT_SIZE)
+    return {"winner": cand.spec, "from": "made"}
+
+
+STAGES = {"train": train, "generate": generate, "inject": inject, "screen": screen}
+LOCAL_STAGES = ("select",)  # run in the run's own process, beside the checker's scorer (jstyle.jobs.workers)
 
 
 def execute(task: Task, ctx: WorkerContext) -> dict[str, Any]:
     """Run one task of the plan in this worker (the workers' entry point)."""
-    cfg = RunConfig.from_dict(ctx.config)
+    run = RunConfig.from_dict(ctx.config)
+    if task.stage in ("select", "final"):
+        from .auto import select
+
+        return (select if task.stage == "select" else final)(run, task, ctx)
+    cfg = run
+    if task.candidate is not None:
+        from .auto import parse_candidate
+
+        cfg = parse_candidate(task.candidate, run).cfg
     return STAGES[task.stage](cfg, task, ctx, _pipeline(cfg, ctx))

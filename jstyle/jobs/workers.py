@@ -83,12 +83,27 @@ def parse_workers(spec: str) -> list[str]:
     raise ConfigError(f"--devices {spec!r}: use auto, cpu, cpu:N or GPU ids like 0,1,2,3")
 
 
-def remove_stale_temps(out_dir: Path, min_age_s: float = 60.0) -> list[Path]:
+def _writer_gone(path: Path) -> bool:
+    """The temp's writer (the pid in its name) is no process on this machine."""
+    pid = int(path.name.rsplit(".", 2)[-2].split("-")[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def remove_stale_temps(out_dir: Path, min_age_s: float = 60.0, local: bool = False) -> list[Path]:
     """Delete the temp files and folders of jstyle.io's atomic writers that a killed run left under `out_dir`
-    (untouched for `min_age_s`, so a writer still at work elsewhere keeps its own); returns what was removed."""
+    (untouched for `min_age_s`, so a writer still at work elsewhere keeps its own; `local`, when every writer
+    is on this machine: also a fresh one whose writer process is gone); returns what was removed."""
     removed, now = [], time.time()
     for path in sorted(Path(out_dir).rglob(".*"), key=lambda p: -len(p.parts)):
-        if not is_temp(path) or not path.exists() or now - path.lstat().st_mtime < min_age_s:
+        if not is_temp(path) or not path.exists():
+            continue
+        if now - path.lstat().st_mtime < min_age_s and not (local and _writer_gone(path)):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -198,6 +213,38 @@ class _Processes:
                 proc.terminate()
 
 
+LOCAL = "local"  # the worker of local stages: a thread of the scheduler's process
+
+
+class _WithLocal:
+    """A pool plus a thread of this process for the `local` stages (--method auto's select tasks, which keep the
+    checker's scorer loaded once per run, whatever the workers are)."""
+
+    def __init__(self, pool: Any, execute: str, out_dir: Path, config: dict):
+        self.pool, self.fn, self.done = pool, load_task(execute), queue.Queue()
+        self.ctx = worker_context(LOCAL, out_dir, config)
+
+    def submit(self, worker: str, task: Task) -> None:
+        if worker != LOCAL:
+            return self.pool.submit(worker, task)
+        threading.Thread(target=lambda: self.done.put((LOCAL, task.key, *run_one(self.fn, task, self.ctx))),
+                         daemon=True, name="jstyle-local").start()
+
+    def wait(self, running: dict) -> list[tuple]:
+        try:
+            return [self.done.get_nowait()]
+        except queue.Empty:
+            pass
+        others = {w: v for w, v in running.items() if w != LOCAL}
+        return self.pool.wait(others) if others else [self.done.get()]
+
+    def close(self) -> None:
+        for kept in self.ctx.cache.values():  # the scorer
+            if callable(getattr(kept, "close", None)):
+                kept.close()
+        self.pool.close()
+
+
 class _Status:
     """One overall bar with ETA plus a status line per worker, on `file` (the terminal's stderr); a worker
     whose Jittor compiles kernels shows it on its line (without bars: one line when compiling starts)."""
@@ -243,9 +290,10 @@ class _Status:
 
 def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str, Any], workers: list[str],
               retries: int = 1, progress: bool = True, manifest_config: dict[str, Any] | None = None,
-              backend: str = "local", address: str | None = None) -> RunReport:
+              backend: str = "local", address: str | None = None, local_stages: tuple[str, ...] = ()) -> RunReport:
     """Run every task not already finished (per <out_dir>/manifest.json) on `workers`; `execute` is a
-    'module:function' called as function(task, ctx) -> dict of JSON info kept in the manifest.
+    'module:function' called as function(task, ctx) -> dict of JSON info kept in the manifest. Tasks of
+    `local_stages` run one at a time on a thread of this process (worker "local"), beside the workers.
 
     The manifest records and hashes `manifest_config` (default: `config`): the settings that decide
     the outputs; a rerun with a different hash redoes every task. backend 'ray' runs the workers as Ray
@@ -254,15 +302,16 @@ def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str
     keep_running_when_children_die()
     out_dir = Path(out_dir)
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
+    remove_stale_temps(out_dir, local=backend == "local")
     manifest = Manifest(out_dir / "manifest.json", config if manifest_config is None else manifest_config)
     started = time.perf_counter()
     done = {t.key for t in graph.tasks if manifest.is_done(t)}
     already = sorted(done)
     if backend not in ("local", "ray"):
         raise ConfigError(f"backend {backend!r}: use local or ray")
+    takers = workers + [LOCAL] if any(t.stage in local_stages for t in graph.tasks) else workers
     with ExitStack() as stack:
-        status = _Status(len(graph) - len(done), workers, progress)
+        status = _Status(len(graph) - len(done), takers, progress)
         in_process = backend == "local" and len(workers) == 1
         terminal = sys.stderr
         if in_process:  # this process is the worker: its stderr (Jittor's) goes to the log, the bars stay
@@ -278,8 +327,10 @@ def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str
             pool = RayPool(workers, execute, out_dir, config, address)
         else:
             pool = _Processes(workers, execute, out_dir, config)
+        if takers is not workers:
+            pool = _WithLocal(pool, execute, out_dir, config)
         stack.callback(pool.close)
-        failed, blocked = _schedule(graph, pool, manifest, status, workers, done, retries)
+        failed, blocked = _schedule(graph, pool, manifest, status, takers, done, retries, local_stages)
     seconds = time.perf_counter() - started
     report = RunReport(sorted(done - set(already)), already, failed, sorted(blocked), seconds)
     manifest.finish({"done": len(report.done), "already_done": len(already), "failed": failed,
@@ -288,7 +339,7 @@ def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str
 
 
 def _schedule(graph: TaskGraph, pool: Any, manifest: Manifest, status: _Status, workers: list[str], done: set[str],
-              retries: int) -> tuple[dict[str, str], set[str]]:
+              retries: int, local_stages: tuple[str, ...] = ()) -> tuple[dict[str, str], set[str]]:
     """Hand ready tasks to idle workers until none is left; `done` grows in place. Returns (failed, blocked)."""
     attempts: dict[str, int] = {}
     failed: dict[str, str] = {}
@@ -298,9 +349,10 @@ def _schedule(graph: TaskGraph, pool: Any, manifest: Manifest, status: _Status, 
         busy = {t.key for t, _ in running.values()}
         ready = graph.ready(done, busy, blocked | set(failed))
         for worker in [w for w in workers if w not in running]:
-            if not ready:
-                break
-            task = ready.pop(0)
+            task = next((t for t in ready if (t.stage in local_stages) == (worker == LOCAL)), None)
+            if task is None:
+                continue
+            ready.remove(task)
             running[worker] = (task, time.perf_counter())
             manifest.record_start(task.key, worker)
             status.show(worker, f"{task.key} (attempt {attempts.get(task.key, 0) + 1})")

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["Method", "InjectJob", "Setting", "METHODS", "get", "prefix_of", "settings_of", "all_settings",
-           "setting_keys", "build_settings", "method_table"]
+           "setting_keys", "build_settings", "method_table", "default_candidates"]
 
 PROMPT_FIELDS = ("obj", "instance")  # fields of Method.prompt
 
@@ -44,6 +44,7 @@ class Method:
     settings: str | None = None  # "module:Class": its frozen settings dataclass
     inject_lora: bool = False  # the inject stage keeps the style's LoRA on (else it runs on the base model)
     derive: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None  # (flag values, RunConfig) -> other fields
+    candidate: bool = True  # in --method auto's default candidates, at its defaults (default_candidates)
 
     def __post_init__(self):
         if not self.generates and self.inject is None:
@@ -135,6 +136,14 @@ def get(name: str) -> Method:
     if name not in METHODS:
         raise ConfigError(f"--method {name!r}: use one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def default_candidates() -> tuple[str, ...]:
+    """--method auto's default candidates: every method and recipe whose entry says `candidate`, at its defaults."""
+    from ..recipes import RECIPES
+
+    return tuple(m.name for m in METHODS.values() if m.candidate) + tuple(r.name for r in RECIPES.values()
+                                                                         if r.candidate)
 
 
 # ----------------------------------------------------------------------------------------------- settings
