@@ -82,7 +82,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                              ("clip_iqa", 0.7567), ("clip_r", 0.8293)),
                     "official (pooled-FID) checker, list A", "AF docs/report.md 4.2; shared/spec/checker.md"),
         run=dict(method="dreambooth", preset="baseline", dtype="float32", size=512, steps=25, guidance=7.5,
-                 scheduler="model", seed=0, seed_per_style=False, train_steps=500, drop_to_out_at_inference=True),
+                 scheduler="model", seed=0, seed_per_style=False, shared_noise=False, train_steps=500,
+                 drop_to_out_at_inference=True),
         train=dict(
             instance_template="style_{id}", caption_prefix="", resize="squash", resize_margin=1.0, crop="random",
             hflip=False, prior_preservation=False, rank=4, alpha=None, dropout=0.0, init="gaussian",
@@ -97,8 +98,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "to_out.0 is trained and not applied at inference (drop_to_out_at_inference), as stock peft 0.10.0 "
             "left it out (5b README); --no-drop-to-out-at-inference applies it",
             "scheduler 'model': the model folder's scheduler_config.json class (the pipeline's own)",
+            "noise: each image its own, default_rng(image_key(0, style, object word, 1)); the source: one "
+            "pipe() call per prompt drawing from Jittor's global RNG unseeded, also a fresh draw per image",
             "deviation: the source never seeds (train.py ignores --seed=0, run_all.py passes no seed); "
-            "jstyle seeds training and each image from seed 0",
+            "jstyle seeds training from seed 0 and each image as above",
             "deviation: alpha is composited on white (the source's convert('RGB') drops it) and no EXIF rotation",
         ),
     ),
@@ -114,7 +117,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                                ("clip_iqa", 0.757711), ("clip_r", 0.930667)),
                     "official (pooled-FID) checker, list A, self-scored", "AF docs/report.md 4.1 (d3c9f0e)"),
         run=dict(method="sdedit", preset="baseline", dtype="float32", size=512, guidance=7.5, scheduler="model",
-                 seed=42, seed_per_style=True, train_steps=800, drop_to_out_at_inference=False,
+                 seed=42, seed_per_style=True, shared_noise=False, train_steps=800, drop_to_out_at_inference=False,
                  sdedit_strength=0.9, sdedit_steps=40, sdedit_mean_fit="squash", sdedit_mean_resample="bicubic",
                  sdedit_mean_rounding="floor"),
         train=dict(
@@ -138,13 +141,16 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "512 and centre-cropped (class_transform 'resize')",
             "mean image as get_avg_image: the whole image squashed, PIL's default (bicubic) filter, truncated",
             "seed 42 for training; each style's images from seed 42 + the style number (seed_per_style)",
+            "noise: each image its own (VAE sample and SDEdit noise), default_rng(image_key(42 + NN, style, object "
+            "word, 1)); the source: set_seed(42 + NN) once per style, then each batch item's VAE sample and noise "
+            "drawn in turn from Jittor's global RNG, also a fresh draw per image",
             "deviation: class images are made per style by the base model with jstyle's DDIM and seeds (the source "
             "made them with UniPC, unseeded, 8 per prompt, from the training stems plus prompt.json words, and as "
             "it ran every style trained on style 00's 280 images); jstyle's are from the style's own image stems",
             "deviation: the training class prompt comes from the object word of the instance image it was made "
             "for; the source parses each class file's stem (same words for a class set made as above)",
-            "deviation: each image has its own generator (seed + style); the source drew a batch of 5 prompts from "
-            "Jittor's global RNG, so its images depend on batch position",
+            "deviation: each image has its own generator; the source drew a batch of 5 prompts from Jittor's "
+            "global RNG, so its images depend on their batch position and the same seed gives other noise",
             "deviation: instance objects replace '-' as well as '_' by spaces and captions (metadata.jsonl, .txt) "
             "win when present; the source uses the stem with '_' -> ' ' only",
             "deviation: alpha composited on white (the source drops it), no EXIF rotation; the mean reads "
@@ -159,7 +165,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                                          "shared/spec/methods.md (DreamBooth-LoRA upgrades)")),),
         score=None,
         run=dict(method="sdedit", preset="strong", dtype="auto", size=512, guidance=7.5, scheduler="ddim",
-                 seed=0, seed_per_style=False, drop_to_out_at_inference=False, sdedit_strength=0.9,
+                 seed=0, seed_per_style=False, shared_noise=False, drop_to_out_at_inference=False, sdedit_strength=0.9,
                  sdedit_steps=40),
         train={},
         cost="50 class images (25 steps each, once per style) + 800 train steps (batch 1 + 1 class image, "
@@ -174,6 +180,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "(hist 0.44 -> 0.78); the mean as jstyle reads references (centre crop, Lanczos, rounded)",
             "dtype auto: float16 base with fp16 mixed precision (float32 LoRA, dynamic loss scale) on CUDA for "
             "speed and memory; float32 on CPU",
+            "noise: each image its own (VAE sample and SDEdit noise), default_rng(image_key(0, style, object word, "
+            "1))",
             "no published score: run it and score it with check.sh",
         ),
     ),
@@ -186,7 +194,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                          "StyleTransferDiffusion/JStyleID/diffusers_implementation/config.py")),),
         score=None,
         run=dict(JSTYLEID, preset="baseline", dtype="auto", size=512, scheduler="ddim", seed_per_style=False,
-                 drop_to_out_at_inference=False),
+                 shared_noise=False, drop_to_out_at_inference=False),
         train={},
         cost="500 train steps (batch 1); per prompt 50 steps x CFG, then StyleID: 20 inversion + 20 sampling "
              "steps (and 20 inversion steps per reference image used)",
@@ -195,6 +203,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "object word ('in style_' commented out); CFG 7.5, the pipeline's default",
             "StyleID: the official diffusers implementation (config.py: 20 DDIM steps, layers 7-11, gamma 0.75, "
             "T 1.5, AdaIN std + 1e-4) on the base model",
+            "noise: each content image its own start latents, default_rng(image_key(0, style, object word, 1)); "
+            "the source: one pipe() call per prompt from Jittor's unseeded global RNG, also a fresh draw per "
+            "image; StyleID draws none (posterior mode, eta 0)",
             "deviation: the seed drew its reference with unseeded np.random.randint over os.listdir; jstyle draws "
             "default_rng([seed, crc32(style), crc32(prompt)]) over the sorted references (reference 'random')",
             "the seed reported 0.376 (list A) and 0.359 (list B) for its own run; jstyle's run of this recipe has "

@@ -101,7 +101,7 @@ def generate(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, 
     image = pipe.text_to_image(prompt, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                                height=cfg.size, width=cfg.size,
                                scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config),
-                               generator=np.random.default_rng(cfg.inference_seed(task.style)))[0]
+                               generator=np.random.default_rng(cfg.noise_seed(task.style, task.prompt)))[0]
     final = task.outputs[0] == final_path(task.style, task.prompt)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE if final else None)
     return {"prompt": prompt}
@@ -115,7 +115,8 @@ def inject(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, An
     job = InjectJob(settings=cfg.method_settings(), style=task.style, prompt=cfg.prompt(task.style, task.prompt),
                     content=content, references=list_images(Path(cfg.data) / task.style),
                     reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
-                    seed=cfg.inference_seed(task.style), obj=task.prompt, cache=ctx.cache,
+                    seed=cfg.inference_seed(task.style), noise=cfg.noise_seed(task.style, task.prompt),
+                    obj=task.prompt, cache=ctx.cache,
                     scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config))
     image, info = method.inject_function()(pipe, job)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)

@@ -27,7 +27,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +84,7 @@ class DiffStyleConfig:
     content_replace_step: int = field(default=50, metadata={"help": "DiffStyle: inject/boost only on the labels of "
                                                                     "a CONTENT_REPLACE_STEP-step schedule (0: all)"})
     t_0: int = 999  # the noisiest label of inversion and generation
-    seed: int = 0  # noise of the boosted steps
+    seed: int | tuple[int, ...] = 0  # default_rng seed of the boosted steps' noise (run_all: the image's)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -374,7 +374,8 @@ def inject(pipe, job) -> tuple[np.ndarray, dict]:
 
     ref = choose_reference(job.content, job.references, job.reference_rule, seed=job.seed, style=job.style,
                            prompt=job.obj)
-    return diffstyle(pipe, job.content[None], read_rgb(ref, job.size), job.settings)[0], {"reference": ref.name}
+    cfg = replace(job.settings, seed=job.noise)
+    return diffstyle(pipe, job.content[None], read_rgb(ref, job.size), cfg)[0], {"reference": ref.name}
 
 
 if __name__ == "__main__":

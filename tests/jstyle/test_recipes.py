@@ -54,6 +54,7 @@ def test_jdiffusion_baseline_resolves_to_its_source(tmp_path):
         scheduler="model",          # run_all.py: the pipeline's own scheduler config
         seed=0,                     # train_all.sh --seed=0 (never used by the source)
         seed_per_style=False,       # run_all.py: seed=None
+        shared_noise=False,         # run_all.py: one pipe() call per prompt, each a fresh (unseeded) draw
         train_steps=500,            # train_all.sh --max_train_steps=500
         drop_to_out_at_inference=True,  # 5b README: stock peft never injected to_out.0 at inference
         recipe="jdiffusion-baseline",
@@ -90,6 +91,7 @@ def test_jdiffartflow_resolves_to_its_source(tmp_path):
         scheduler="model",           # run_infer.py: the pipeline's own scheduler
         seed=42,                     # self-tune.yaml train.seed / infer.seed
         seed_per_style=True,         # run_infer.py set_seed(infer.seed + int(taskid))
+        shared_noise=False,          # custom_pipeline.py: each batch item its own VAE sample and noise
         train_steps=800,             # self-tune.yaml max_train_steps
         drop_to_out_at_inference=False,
     )
