@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed-per-style", action=argparse.BooleanOptionalAction,
                    help="generate/inject seed = seed + the style's number (training keeps --seed)"
                    + dflt("seed_per_style"))
+    p.add_argument("--shared-noise", action=argparse.BooleanOptionalAction,
+                   help="every prompt of a style draws the same noise (from its generate/inject seed); by default "
+                   "each image has its own, seeded by (seed, style, object word)" + dflt("shared_noise"))
     p.add_argument("--drop-to-out-at-inference", action=argparse.BooleanOptionalAction,
                    help="train the style LoRA's to_out.0 layers but do not apply them at inference (the JDiffusion "
                    "baseline with stock peft)" + dflt("drop_to_out_at_inference"))

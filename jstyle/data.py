@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["IMAGE_SUFFIXES", "list_styles", "read_prompts", "list_images"]
+__all__ = ["IMAGE_SUFFIXES", "list_styles", "read_prompts", "list_images", "image_key", "NOISE_STREAM"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+NOISE_STREAM = 1  # image_key's stream of an image's noise (the 'random' reference rule draws from no stream)
 
 
 def list_styles(data: Path, wanted: list[str] | None = None) -> list[str]:
@@ -50,3 +52,11 @@ def list_images(style_dir: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError(f"{folder}: missing; put the style's reference images there")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def image_key(seed: int, style: str, obj: str, *stream: int) -> tuple[int, ...]:
+    """A stable seed for numpy.random.default_rng per (run seed, style folder, object word as in prompt.json),
+    the same in every process and on every machine (Python's hash() is not); `stream` tells apart the draws
+    of one image (the reference rule's: none, the image's noise: NOISE_STREAM)."""
+    # key = [seed, crc32(style), crc32(obj), *stream], crc32 of the UTF-8 bytes
+    return (seed, zlib.crc32(style.encode("utf-8")), zlib.crc32(obj.encode("utf-8")), *stream)

@@ -27,6 +27,12 @@ AF_COMMIT = "3bed120286d5734b57de855dec052400da23d5d7"  # src/ and configs/ = d3
 # JDiffusion's train.py LoraConfig and JDiffArtFlow's diffusion.py _setup_lora (SD 2.1 has no add_k/v_proj:
 # those two match nothing and are left out, as PEFT leaves them)
 SOURCE_UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
+# What of them took effect where a source trained with stock peft 0.10.0's unet.add_adapter on JDiffusion (all three
+# source recipes): q/k/v. czpcf/jittor-5-b's README: with stock peft the trained to_out.0 weights are not injected
+# into the model; its fix is in peft's BaseTuner.inject_adapter (tuners_utils.py), which add_adapter runs at training
+# as load_lora_weights does at loading, so to_out.0's LoRA was not in the training forward either
+# (docs/recipes-sources.md, "to_out.0").
+JDIFFUSION_PEFT_TARGETS = ("to_k", "to_q", "to_v")
 
 
 @dataclass(frozen=True)
@@ -83,13 +89,14 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                  Source("czpcf/jittor-5-b", "a3e5b10c5626898f0291706d18c85b78728d5673", ("README.md",))),
         score=Score(0.3274, (("dino", 0.1130), ("hist", 0.4388), ("fid", 1.7101), ("lpips", 0.5391),
                              ("clip_iqa", 0.7567), ("clip_r", 0.8293)),
-                    "official (pooled-FID) checker, list A", "AF docs/report.md 4.2; shared/spec/checker.md"),
+                    "official (pooled-FID) checker, list A", "AF docs/report.md 4.2 and README.md"),
         run=dict(method="dreambooth", preset="baseline", dtype="float32", size=512, steps=25, guidance=7.5,
-                 scheduler="model", seed=0, seed_per_style=False, train_steps=500, drop_to_out_at_inference=True),
+                 scheduler="model", seed=0, seed_per_style=False, shared_noise=False, train_steps=500,
+                 drop_to_out_at_inference=False),
         train=dict(
             instance_template="style_{id}", caption_prefix="", resize="squash", resize_margin=1.0, crop="random",
             hflip=False, prior_preservation=False, rank=4, alpha=None, dropout=0.0, init="gaussian",
-            unet_targets=SOURCE_UNET_TARGETS, text_encoder_targets=(), vae_targets=(), train_batch_size=1,
+            unet_targets=JDIFFUSION_PEFT_TARGETS, text_encoder_targets=(), vae_targets=(), train_batch_size=1,
             gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler="constant", lr_warmup_steps=0,
             adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2, adam_epsilon=1e-8, max_grad_norm=None,
         ),
@@ -97,11 +104,14 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         cost="500 train steps (batch 1); 25 steps x CFG (2 UNet passes) per prompt",
         notes=(
             "float32 base in every stage (train.py weight_dtype = jt.float32; run_all.py loads no dtype)",
-            "to_out.0 is trained and not applied at inference (drop_to_out_at_inference), as stock peft 0.10.0 "
-            "left it out (5b README); --no-drop-to-out-at-inference applies it",
+            "UNet LoRA on to_q/to_k/to_v only: train.py names six targets, but with stock peft 0.10.0 to_out.0's "
+            "LoRA was wired neither at training nor at loading (5b README and tuners_utils.py patch; "
+            "docs/recipes-sources.md); --config train_settings unet_targets gives the six",
             "scheduler 'model': the model folder's scheduler_config.json class (the pipeline's own)",
+            "noise: each image its own, default_rng(image_key(0, style, object word, 1)); the source: one "
+            "pipe() call per prompt drawing from Jittor's global RNG unseeded, also a fresh draw per image",
             "deviation: the source never seeds (train.py ignores --seed=0, run_all.py passes no seed); "
-            "jstyle seeds training and each image from seed 0",
+            "jstyle seeds training from seed 0 and each image as above",
             "deviation: alpha is composited on white (the source's convert('RGB') drops it) and no EXIF rotation",
         ),
     ),
@@ -117,7 +127,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                                ("clip_iqa", 0.757711), ("clip_r", 0.930667)),
                     "official (pooled-FID) checker, list A, self-scored", "AF docs/report.md 4.1 (d3c9f0e)"),
         run=dict(method="sdedit", preset="baseline", dtype="float32", size=512, guidance=7.5, scheduler="model",
-                 seed=42, seed_per_style=True, train_steps=800, drop_to_out_at_inference=False,
+                 seed=42, seed_per_style=True, shared_noise=False, train_steps=800, drop_to_out_at_inference=False,
                  sdedit_strength=0.9, sdedit_steps=40, sdedit_mean_fit="squash", sdedit_mean_resample="bicubic",
                  sdedit_mean_rounding="floor"),
         train=dict(
@@ -125,7 +135,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             resize_margin=1.04, crop="random", hflip=False, prior_preservation=True, prior_loss_weight=1.0,
             class_prompt="an image of {obj}", class_generation_prompt="A {obj} in the center", num_class_images=300,
             class_transform="resize", class_inference_steps=25, class_guidance_scale=7.5, rank=32, alpha=None,
-            dropout=0.0, init="gaussian", unet_targets=SOURCE_UNET_TARGETS, text_encoder_targets=(),
+            dropout=0.0, init="gaussian", unet_targets=JDIFFUSION_PEFT_TARGETS, text_encoder_targets=(),
             vae_targets=(), train_batch_size=1, gradient_accumulation_steps=1, learning_rate=1e-4,
             lr_scheduler="constant", lr_warmup_steps=0, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2,
             adam_epsilon=1e-8, max_grad_norm=None,
@@ -141,13 +151,18 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "512 and centre-cropped (class_transform 'resize')",
             "mean image as get_avg_image: the whole image squashed, PIL's default (bicubic) filter, truncated",
             "seed 42 for training; each style's images from seed 42 + the style number (seed_per_style)",
+            "UNet LoRA on to_q/to_k/to_v only: diffusion.py adds six targets with stock peft 0.10.0's add_adapter, "
+            "which wired no to_out.0 LoRA on JDiffusion (as jdiffusion-baseline)",
+            "noise: each image its own (VAE sample and SDEdit noise), default_rng(image_key(42 + NN, style, object "
+            "word, 1)); the source: set_seed(42 + NN) once per style, then each batch item's VAE sample and noise "
+            "drawn in turn from Jittor's global RNG, also a fresh draw per image",
             "deviation: class images are made per style by the base model with jstyle's DDIM and seeds (the source "
             "made them with UniPC, unseeded, 8 per prompt, from the training stems plus prompt.json words, and as "
             "it ran every style trained on style 00's 280 images); jstyle's are from the style's own image stems",
             "deviation: the training class prompt comes from the object word of the instance image it was made "
             "for; the source parses each class file's stem (same words for a class set made as above)",
-            "deviation: each image has its own generator (seed + style); the source drew a batch of 5 prompts from "
-            "Jittor's global RNG, so its images depend on batch position",
+            "deviation: each image has its own generator; the source drew a batch of 5 prompts from Jittor's "
+            "global RNG, so its images depend on their batch position and the same seed gives other noise",
             "deviation: instance objects replace '-' as well as '_' by spaces and captions (metadata.jsonl, .txt) "
             "win when present; the source uses the stem with '_' -> ' ' only",
             "deviation: alpha composited on white (the source drops it), no EXIF rotation; the mean reads "
@@ -159,10 +174,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "jstyle's own: the public upgrades (rank 32, 800 steps, prior preservation, templated prompts, 1.04x "
         "crop, text-encoder LoRA) and SDEdit 0.9 from the mean reference, fp16 on CUDA",
         sources=(Source("jstyle", None, ("jstyle/training/config.py (PRESETS['strong'])",
-                                         "shared/spec/methods.md (DreamBooth-LoRA upgrades)")),),
+                                         "Xlucidator/JDiffArtFlow docs/report.md (the upgrades it measured)",
+                                         "czpcf/jittor-5-b README.md (text-encoder LoRA)")),),
         score=None,
         run=dict(method="sdedit", preset="strong", dtype="auto", size=512, guidance=7.5, scheduler="ddim",
-                 seed=0, seed_per_style=False, drop_to_out_at_inference=False, sdedit_strength=0.9,
+                 seed=0, seed_per_style=False, shared_noise=False, drop_to_out_at_inference=False, sdedit_strength=0.9,
                  sdedit_steps=40),
         train={},
         cost="50 class images (25 steps each, once per style) + 800 train steps (batch 1 + 1 class image, "
@@ -170,13 +186,16 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         notes=(
             "the strong preset unchanged: rank 32, 800 steps, prior preservation (weight 1.0, 50 class images by "
             "the base model from the style's own objects), 'an image of {obj} in style_NN', resize 1.04x then a "
-            "random crop (the aspect kept): the upgrades public solutions measured (shared/spec/methods.md)",
+            "random crop (the aspect kept): the upgrades public solutions measured (JDiffArtFlow docs/report.md "
+            "and configs/; jittor-5-b README)",
             "text-encoder LoRA (q/k/v/out) at lr 5e-5: the public solutions' 'text-encoder LoRA at a lower lr'; "
             "unmeasured here, and JDiffArtFlow's own run with one (0.5119) did not beat its run without (0.5121)",
             "SDEdit from the mean reference at strength 0.9, 40 steps: the biggest single published gain "
             "(hist 0.44 -> 0.78); the mean as jstyle reads references (centre crop, Lanczos, rounded)",
             "dtype auto: float16 base with fp16 mixed precision (float32 LoRA, dynamic loss scale) on CUDA for "
             "speed and memory; float32 on CPU",
+            "noise: each image its own (VAE sample and SDEdit noise), default_rng(image_key(0, style, object word, "
+            "1))",
             "no published score: run it and score it with check.sh",
         ),
     ),
@@ -189,18 +208,25 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                          "StyleTransferDiffusion/JStyleID/diffusers_implementation/config.py")),),
         score=None,
         run=dict(JSTYLEID, preset="baseline", dtype="auto", size=512, scheduler="ddim", seed_per_style=False,
-                 drop_to_out_at_inference=False),
-        train={},
+                 shared_noise=False, drop_to_out_at_inference=False),
+        train=dict(unet_targets=JDIFFUSION_PEFT_TARGETS),
         cost="500 train steps (batch 1); per prompt 50 steps x CFG, then StyleID: 20 inversion + 20 sampling "
              "steps (and 20 inversion steps per reference image used)",
         notes=(
             "content: run_all.py pipe(prompt, num_inference_steps=50) with the style LoRA loaded and the bare "
             "object word ('in style_' commented out); CFG 7.5, the pipeline's default",
+            "UNet LoRA on to_q/to_k/to_v only: run_all.py loads its LoRAs with JDiffusion's load_lora_weights "
+            "(peft 0.10.0), which wires no to_out.0 LoRA; StyleTransferDiffusion/README.md trains them with "
+            "JDiffusion's examples/dreambooth, as jdiffusion-baseline",
             "StyleID: the official diffusers implementation (config.py: 20 DDIM steps, layers 7-11, gamma 0.75, "
             "T 1.5, AdaIN std + 1e-4) on the base model",
+            "noise: each content image its own start latents, default_rng(image_key(0, style, object word, 1)); "
+            "the source: one pipe() call per prompt from Jittor's unseeded global RNG, also a fresh draw per "
+            "image; StyleID draws none (posterior mode, eta 0)",
             "deviation: the seed drew its reference with unseeded np.random.randint over os.listdir; jstyle draws "
             "default_rng([seed, crc32(style), crc32(prompt)]) over the sorted references (reference 'random')",
-            "the seed reported 0.376 (list A) and 0.359 (list B) for its own run; jstyle's run of this recipe has "
+            "the JStyleID project reported 0.376 (list A) and 0.359 (list B) for its own run "
+            "(StyleTransferDiffusion/README.md, 'StyleID w/ Dreambooth'); jstyle's run of this recipe has "
             "not been scored on real weights, so no score is claimed",
         ),
     ),

@@ -61,6 +61,7 @@ class RunConfig:
     scheduler: str = "ddim"  # text-to-image and SDEdit sampler: jstyle.schedulers.SCHEDULERS, or "model"
     seed: int = 0
     seed_per_style: bool = False  # inference seed = seed + the style's number (training keeps seed)
+    shared_noise: bool = False  # every image of a style draws its noise from the inference seed alone
     drop_to_out_at_inference: bool = False  # the style LoRA's to_out.0 layers are trained but not applied
     train_steps: int | None = None  # None = the preset's
     train_size: int | None = None  # None = size
@@ -228,6 +229,15 @@ class RunConfig:
         if not style.isdigit():
             raise ConfigError(f"--seed-per-style adds the style's number to the seed; style '{style}' is not a number")
         return self.seed + int(style)
+
+    def noise_seed(self, style: str, obj: str) -> int | tuple[int, ...]:
+        """The seed of one image's noise (start latents, VAE samples, stochastic steps): its own per (inference
+        seed, style, object word), so no two images share noise and adding a style or a prompt changes no other
+        image; with shared_noise the inference seed itself (every prompt of a style starts from one latent)."""
+        from ..data import NOISE_STREAM, image_key
+
+        seed = self.inference_seed(style)
+        return seed if self.shared_noise else image_key(seed, style, obj, NOISE_STREAM)
 
     def lora_skip(self) -> tuple[str, ...]:
         """Targets of the style LoRA left out at inference (drop_to_out_at_inference: to_out.0)."""

@@ -13,16 +13,18 @@ from typing import Any
 
 from ..errors import ConfigError
 from .graph import Task
-from .runtime import load_task, run_one, stderr_log, stderr_to_log, worker_context
+from .runtime import load_task, run_one, stderr_log, stderr_to_log, use_threads, worker_context
 
 __all__ = ["RayPool"]
 
 
 class _Actor:
     """Runs tasks inside a Ray worker process, with a WorkerContext that lives as long as the actor; the
-    process's stderr (Jittor's compile progress) goes to the run's log, as a local worker's does."""
+    process's stderr (Jittor's compile progress) goes to the run's log, as a local worker's does, and its CPU
+    kernels run on the scheduler's thread count, as a local worker's do (not Ray's OMP_NUM_THREADS = num_cpus)."""
 
-    def __init__(self, worker: str, execute: str, out_dir: str, config: dict):
+    def __init__(self, worker: str, execute: str, out_dir: str, config: dict, threads: int):
+        use_threads(threads)  # before anything imports jittor
         self.stderr = stderr_to_log(stderr_log(Path(out_dir), worker))
         self.stderr.__enter__()  # for the actor's life: Ray ends the process with it
         self.fn, self.ctx = load_task(execute), worker_context(worker, Path(out_dir), config)
@@ -34,7 +36,8 @@ class _Actor:
 class RayPool:
     """The pool interface of the local backend (submit / wait / close) over Ray actors."""
 
-    def __init__(self, workers: list[str], execute: str, out_dir: Path, config: dict, address: str | None = None):
+    def __init__(self, workers: list[str], execute: str, out_dir: Path, config: dict, address: str | None = None,
+                 threads: int = 1):
         try:
             import ray
         except ImportError:
@@ -51,7 +54,7 @@ class RayPool:
             kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
             ray.init(**kwargs)
         self.remote = ray.remote(_Actor)
-        self.args = (execute, str(out_dir), config)
+        self.args = (execute, str(out_dir), config, threads)
         self.actors: dict[str, Any] = {}
         self.futures: dict[Any, str] = {}
         for w in workers:

@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from .graph import Task
 
 __all__ = ["WorkerContext", "load_task", "worker_context", "run_one", "stderr_log", "stderr_to_log",
-           "compile_note", "COMPILE_LINE"]
+           "compile_note", "COMPILE_LINE", "cpu_threads", "use_threads"]
 
 # Jittor's parallel_compiler.cc: "Compiling Operators(3/120) used: 2.41s eta: 93.2s \r"
 COMPILE_LINE = re.compile(rb"Compiling Operators\((\d+)/(\d+)\) used:\s*([0-9.]+(?:e[+-]?\d+)?)s")
@@ -47,6 +47,21 @@ class WorkerContext:
     config: dict[str, Any]
     cache: dict[Any, Any] = field(default_factory=dict)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("jstyle.run"))
+
+
+def cpu_threads() -> int:
+    """The OpenMP threads of every worker's CPU kernels: OMP_NUM_THREADS as this (the scheduler's) process was
+    started with, else its cores. One count for local workers and Ray actors alike (Ray would give each actor
+    OMP_NUM_THREADS = its num_cpus, 1): kernels split their sums by thread, so the count changes the last bits."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def use_threads(n: int) -> None:
+    """This worker process's CPU kernels run on n threads (call it before Jittor loads: OpenMP reads it once)."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 def load_task(path: str) -> Callable[[Task, WorkerContext], dict]:

@@ -105,7 +105,7 @@ def content_image(cfg: RunConfig, style: str, obj: str, ctx: WorkerContext, pipe
     image = pipe.text_to_image(prompt, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                                height=cfg.size, width=cfg.size,
                                scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config),
-                               generator=np.random.default_rng(cfg.inference_seed(style)))[0]
+                               generator=np.random.default_rng(cfg.noise_seed(style, obj)))[0]
     return image, prompt
 
 
@@ -117,7 +117,7 @@ def styled_image(cfg: RunConfig, style: str, obj: str, content: np.ndarray | Non
     job = InjectJob(settings=cfg.method_settings(), style=style, prompt=cfg.prompt(style, obj),
                     content=content, references=list_images(Path(cfg.data) / style),
                     reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
-                    seed=cfg.inference_seed(style), obj=obj, cache=ctx.cache,
+                    seed=cfg.inference_seed(style), noise=cfg.noise_seed(style, obj), obj=obj, cache=ctx.cache,
                     scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config))
     return method.inject_function()(pipe, job)
 

@@ -28,7 +28,16 @@ from ..errors import ConfigError
 from ..io import is_temp
 from .graph import Task, TaskGraph
 from .manifest import Manifest
-from .runtime import compile_note, load_task, run_one, stderr_log, stderr_to_log, worker_context
+from .runtime import (
+    compile_note,
+    cpu_threads,
+    load_task,
+    run_one,
+    stderr_log,
+    stderr_to_log,
+    use_threads,
+    worker_context,
+)
 
 __all__ = ["RunReport", "parse_workers", "run_graph", "keep_running_when_children_die",
            "remove_stale_temps"]
@@ -128,7 +137,9 @@ def _watch_parent(parent: int) -> None:
         time.sleep(0.5)
 
 
-def _worker_main(worker: str, execute: str, out_dir: str, config: dict, inbox, results, parent: int) -> None:
+def _worker_main(worker: str, execute: str, out_dir: str, config: dict, threads: int, inbox, results,
+                 parent: int) -> None:
+    use_threads(threads)  # before anything imports jittor
     if worker.startswith("cuda:"):
         os.environ["CUDA_VISIBLE_DEVICES"] = worker.split(":")[1]  # before anything imports jittor
     _die_with_parent()
@@ -168,9 +179,9 @@ class _InProcess:
 class _Processes:
     """One spawned process per worker, each with its own inbox; deaths are reported as failures."""
 
-    def __init__(self, workers: list[str], execute: str, out_dir: Path, config: dict):
+    def __init__(self, workers: list[str], execute: str, out_dir: Path, config: dict, threads: int):
         self.mp = mp.get_context("spawn")
-        self.args = (execute, str(out_dir), config)
+        self.args = (execute, str(out_dir), config, threads)
         self.results = self.mp.Queue()
         self.procs: dict[str, Any] = {}
         for w in workers:
@@ -297,7 +308,8 @@ def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str
 
     The manifest records and hashes `manifest_config` (default: `config`): the settings that decide
     the outputs; a rerun with a different hash redoes every task. backend 'ray' runs the workers as Ray
-    actors (a local instance, or the cluster at `address`) under the same manifest and retries."""
+    actors (a local instance, or the cluster at `address`) under the same manifest and retries. Every worker,
+    of either backend, runs its CPU kernels on the same number of threads (runtime.cpu_threads)."""
     graph.validate()
     keep_running_when_children_die()
     out_dir = Path(out_dir)
@@ -324,9 +336,9 @@ def run_graph(graph: TaskGraph, execute: str, *, out_dir: Path, config: dict[str
         elif backend == "ray":
             from .ray_backend import RayPool
 
-            pool = RayPool(workers, execute, out_dir, config, address)
+            pool = RayPool(workers, execute, out_dir, config, address, cpu_threads())
         else:
-            pool = _Processes(workers, execute, out_dir, config)
+            pool = _Processes(workers, execute, out_dir, config, cpu_threads())
         if takers is not workers:
             pool = _WithLocal(pool, execute, out_dir, config)
         stack.callback(pool.close)

@@ -13,10 +13,10 @@ seq_of(content_replace_step), 50 by default, so strength and noise do not grow w
   - omega > 0: style calibration: x0 rescaled to the plain x0's std, x_t += sqrt(a_t) dx0 + omega sqrt(1 - a_t)
     (eps_inj - eps), the UNet again on the shifted latent and a plain step from it (omega 0, the default: off).
 Other steps are plain eta-0 DDIM. Recipes (the README's): artistic (default: the challenge's references are
-artworks) gamma 0.4, no boosting, dt_lambda 1, 1000 steps inverted and generated; in-domain gamma 0.3, t_boost
-200, dt_lambda 0.9985, 1000 generated from 50 inverted. Adapted: the latent UNet with the empty prompt and no
-CFG (the official model is an unconditional pixel DDPM), v-prediction read as eps, slerp clamped against
-parallel h (the official divides by sin(0) there).
+artworks) gamma 0.4, no boosting, dt_lambda 1, 1000 steps inverted and generated; in-domain = the README's
+"#AFHQ" invocation, gamma 0.3, t_boost 200, dt_lambda 1, 1000 generated from 50 inverted. Adapted: the latent
+UNet with the empty prompt and no CFG (the official model is an unconditional pixel DDPM), v-prediction read as
+eps, slerp clamped against parallel h (the official divides by sin(0) there).
 
     python -m jstyle.methods.diffstyle --model DIR --content IMG [IMG ...] --style IMG --out DIR [--recipe in-domain]
 """
@@ -27,7 +27,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +49,10 @@ __all__ = ["DiffStyleConfig", "RECIPES", "seq_of", "slerp", "match_norm", "injec
 RECIPES: dict[str, dict[str, Any]] = {
     # "Harmonization-like style mixing with artistic references": 1000 / 1000 steps
     "artistic": dict(gamma=0.4, t_boost=0, dt_lambda=1.0, steps=1000, inv_steps=None),
-    # "#AFHQ" / "#CelebA_HQ" (in-domain references; dt_lambda 0.9985 is the CelebA one, AFHQ's is 1.0)
-    "in-domain": dict(gamma=0.3, t_boost=200, dt_lambda=0.9985, steps=1000, inv_steps=50),
+    # "#AFHQ", exactly (h_gamma 0.3, t_boost 200, n_gen_step 1000, n_inv_step 50, omega 0; no --dt_lambda: 1.0).
+    # Not "#CelebA_HQ" (dt_lambda 0.9985 with --use_mask, a feature mask jstyle lacks) nor script_diffstyle.sh
+    # (dt_lambda 0.9985, n_inv_step 1000, t_edit 500): --diffstyle-dt-lambda etc. give those
+    "in-domain": dict(gamma=0.3, t_boost=200, dt_lambda=1.0, steps=1000, inv_steps=50),
 }
 DEFAULT_RECIPE = "artistic"
 
@@ -62,7 +64,7 @@ class DiffStyleConfig:
 
     recipe: str = field(default=DEFAULT_RECIPE, metadata={"help": (
         "DiffStyle recipe (the official README's): artistic (gamma 0.4, no boosting, dt_lambda 1, 1000/1000 steps) "
-        "or in-domain (gamma 0.3, t_boost 200, dt_lambda 0.9985, 1000 steps from a 50-step inversion); it presets "
+        "or in-domain (its #AFHQ line: gamma 0.3, t_boost 200, 1000 steps from a 50-step inversion); it presets "
         "the other DiffStyle settings. artistic unless given: the challenge's style references are artworks")})
     gamma: float | None = field(default=None, metadata={"help": "DiffStyle content injection ratio hs_coeff in "
                                                                 "[0, 1] (0 = the style's own trajectory)",
@@ -84,7 +86,7 @@ class DiffStyleConfig:
     content_replace_step: int = field(default=50, metadata={"help": "DiffStyle: inject/boost only on the labels of "
                                                                     "a CONTENT_REPLACE_STEP-step schedule (0: all)"})
     t_0: int = 999  # the noisiest label of inversion and generation
-    seed: int = 0  # noise of the boosted steps
+    seed: int | tuple[int, ...] = 0  # default_rng seed of the boosted steps' noise (run_all: the image's)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -374,7 +376,8 @@ def inject(pipe, job) -> tuple[np.ndarray, dict]:
 
     ref = choose_reference(job.content, job.references, job.reference_rule, seed=job.seed, style=job.style,
                            prompt=job.obj)
-    return diffstyle(pipe, job.content[None], read_rgb(ref, job.size), job.settings)[0], {"reference": ref.name}
+    cfg = replace(job.settings, seed=job.noise)
+    return diffstyle(pipe, job.content[None], read_rgb(ref, job.size), cfg)[0], {"reference": ref.name}
 
 
 if __name__ == "__main__":

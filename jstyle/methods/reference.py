@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ..data import image_key
 from ..errors import InputError
 from ..io import read_rgb
 
@@ -28,8 +28,7 @@ def random_index(n: int, seed: int, style: str, prompt: str) -> int:
     """The 'random' rule's index into n sorted references: one fresh generator per (seed, style, prompt), so the
     draw does not depend on task order or worker (tests/reference/jstyleid_ref.py::pick_reference)."""
     # index = default_rng([seed, crc32(style), crc32(prompt)]).integers(0, n), crc32 of the UTF-8 bytes
-    rng = np.random.default_rng([seed, zlib.crc32(style.encode("utf-8")), zlib.crc32(prompt.encode("utf-8"))])
-    return int(rng.integers(0, n))
+    return int(np.random.default_rng(image_key(seed, style, prompt)).integers(0, n))
 
 
 def choose_reference(content: np.ndarray | None, references: list[Path], rule: str = "first", *, seed: int = 0,

@@ -78,7 +78,8 @@ class InjectJob:
     reference_rule: str  # which reference to use: jstyle.methods.reference.RULES
     size: int
     guidance: float
-    seed: int
+    seed: int  # the style's inference seed (the seeded 'random' reference rule's)
+    noise: int | tuple[int, ...] = 0  # this image's noise seed for numpy.random.default_rng (RunConfig.noise_seed)
     obj: str = ""  # the object word as in prompt.json ("Bear"): the key of the seeded 'random' reference rule
     cache: dict[Any, Any] = field(default_factory=dict)  # lives as long as the worker (inversions, means)
     scheduler: str = "ddim"  # the run's sampler (jstyle.schedulers.SCHEDULERS) for text-to-image and SDEdit
@@ -128,7 +129,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # DiffStyle's gamma, t_boost, dt_lambda, steps: the --diffstyle-recipe's (jstyle.methods.diffstyle.RECIPES)
     Method("diffstyle", "base-model content, then DiffStyle h-space injection from a reference image",
            trains=False, prompt="{obj}", generates=True, inject="jstyle.methods.diffstyle:inject",
-           settings="jstyle.methods.diffstyle:DiffStyleConfig", derive=lambda s, run: dict(seed=run.seed)),
+           settings="jstyle.methods.diffstyle:DiffStyleConfig"),
 )}
 
 

@@ -312,7 +312,7 @@ def inject(pipe, job) -> tuple[np.ndarray, dict]:
         job.cache[key] = mean_image(job.references, job.size, st.mean_fit, st.mean_resample, st.mean_rounding)
     image = img2img(pipe, job.cache[key], [job.prompt], strength=st.strength,
                     num_inference_steps=st.steps, guidance_scale=job.guidance, scheduler=job.scheduler,
-                    generator=np.random.default_rng(job.seed))[0]
+                    generator=np.random.default_rng(job.noise))[0]
     return image, {"prompt": job.prompt, "init": "mean of references"}
 
 

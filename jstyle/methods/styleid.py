@@ -10,9 +10,12 @@ Two variants, as the authors' two programs (jiwoogit/StyleID @ d4ea655; docs/met
   diffusers (default) diffusers_implementation/: the UNet at label t on the latent at level t - 1000/N, all
             N = 20 steps inverted and sampled, LDM output blocks 7-11 (5 layers), AdaIN with std + 1e-4.
             The authors' only code for SD 2.x, the challenge's base model.
-  paper     run_styleid.py + ldm/models/diffusion/ddim.py: inversion over all N = 50 steps at the latent's
-            own label up to alpha-bar[999], sampling the last start_step = 49 labels from there, blocks 6-11
-            (6 layers), AdaIN without epsilon, images truncated (not rounded) to uint8.
+  paper     run_styleid.py + ldm/models/diffusion/ddim.py: the VAE posterior *sampled* (seed_everything(22):
+            here default_rng(seed) for the style, the content's own generator), inversion in float32 (outside
+            autocast) over all N = 50 steps at the latent's own label up to alpha-bar[999], sampling (in the
+            pipeline's dtype, as under autocast) of the last start_step = 49 labels from there, injecting at
+            sampling step i >= 50 - start_step (feat_merge's 50 is hard-coded: N < 26 injects nothing),
+            blocks 6-11 (6 layers), AdaIN without epsilon, images truncated (not rounded) to uint8.
 
     python -m jstyle.methods.styleid --model DIR --content IMG [IMG ...] --style IMG --out DIR [--variant paper]
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = [  # noqa: F822 (RecordProcessor, InjectProcessor: module __getattr__)
     "StyleIDConfig", "StyleFeatures", "RecordProcessor", "InjectProcessor", "VARIANTS", "adain", "resolve_layers",
-    "official_layers", "inversion_steps", "sampling_timesteps", "invert_style", "stylize", "stylize_latents",
-    "main",
+    "official_layers", "inversion_steps", "sampling_timesteps", "injected_labels", "invert_style", "stylize",
+    "stylize_latents", "main",
 ]
 
 # The official defaults of each variant (docs/methods-sources.md): DDIM steps, noisiest steps not sampled
@@ -52,6 +55,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # run_styleid.py::main argparse and ::adain, the Image.fromarray(x.astype(np.uint8)) save
     "paper": dict(steps=50, skip=1, layers=(6, 7, 8, 9, 10, 11), adain_eps=0.0, rounding="trunc"),
 }
+PAPER_FEATURE_MAPS = 50  # run_styleid.py: feat_maps = [...] for _ in range(50), feat_merge's `i < 50 - start_step`
+PAPER_SEED = 22  # run_styleid.py::main: seed_everything(22) before the posterior samples
 DEFAULT_VARIANT = "diffusers"
 # LDM output blocks 6-11 (the paper's layers) on SD 1.x/2.x.
 PAPER_LAYERS = tuple(f"up_blocks.{b}.attentions.{a}" for b in (2, 3) for a in range(3))
@@ -78,6 +83,7 @@ class StyleIDConfig:
     adain_eps: float | None = None  # AdaIN: (z_c - m_c) / (s_c + eps) (None: the variant's, 1e-4 / 0)
     adain: bool = True  # initial-latent AdaIN
     inject: bool = True  # Q/K/V injection
+    seed: int = PAPER_SEED  # paper: the style's posterior sample default_rng(seed); contents' default (seed, 1)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -89,6 +95,9 @@ class StyleIDConfig:
         start = max(1, steps - d["skip"]) if self.start_step is None else self.start_step
         if not 1 <= start <= steps:
             raise ConfigError(f"StyleID start_step must be in 1..{steps} (steps), got {start}")
+        if self.variant == "paper" and steps > PAPER_FEATURE_MAPS:
+            raise ConfigError(f"StyleID paper variant: steps must be <= {PAPER_FEATURE_MAPS} (run_styleid.py keeps "
+                              f"{PAPER_FEATURE_MAPS} feature maps), got {steps}")
         object.__setattr__(self, "steps", int(steps))
         object.__setattr__(self, "start_step", int(start))
         if self.adain_eps is None:
@@ -204,6 +213,17 @@ def sampling_timesteps(cfg: StyleIDConfig, scheduler) -> list[tuple[int, np.floa
     return [(int(t), acp[int(t)], scheduler.alpha_prev(int(t))) for t in scheduler.timesteps[-cfg.start_step:]]
 
 
+def injected_labels(cfg: StyleIDConfig, scheduler) -> set[int]:
+    """The sampling labels whose attention is injected. paper (run_styleid.py::feat_merge, ddim.py::ddim_sampling):
+    loop step i over all N labels (the first N - start_step skipped) injects iff i >= 50 - start_step, 50 hard-coded;
+    diffusers: every sampled label."""
+    labels = [t for t, _, _ in sampling_timesteps(cfg, scheduler)]
+    if cfg.variant != "paper":
+        return set(labels)
+    first = cfg.steps - cfg.start_step  # loop index of labels[0]
+    return {t for i, t in enumerate(labels, start=first) if PAPER_FEATURE_MAPS - cfg.start_step <= i}
+
+
 # ------------------------------------------------------------------------------------------------- StyleID
 
 
@@ -237,17 +257,40 @@ def _hooked(unet, hooks: list) -> Iterator[Callable[[int, int, jt.Var], None]]:
         unet.set_attn_processor(saved)
 
 
+@contextmanager
+def _float32(unet) -> Iterator[None]:
+    """The UNet's float parameters in float32 for the block, then back to their own dtypes (float16 -> float32 ->
+    float16 is exact)."""
+    params = [p for p in unet.parameters() if p.dtype.is_float() and str(p.dtype) != "float32"]
+    dtypes = [str(p.dtype) for p in params]
+    for p in params:
+        p.assign(p.float32())
+    try:
+        yield
+    finally:
+        for p, dtype in zip(params, dtypes):
+            p.assign(p.cast(dtype))
+
+
 def _invert(pipe, latents: jt.Var, cfg: StyleIDConfig, layers: list[str], keep: str) -> tuple[jt.Var, dict]:
     """Invert with recording processors on `layers` (none if keep is empty); restores the processors.
-    Returns the start latent of sampling and {label: {layer: {q|k|v: Var}}}."""
+    Returns the start latent of sampling and {label: {layer: {q|k|v: Var}}}, in the pipeline's dtype. The paper
+    variant inverts in float32 whatever the pipeline's dtype (run_styleid.py runs encode_ddim outside autocast)."""
     from .inversion import invert_along
     from .styleid_processors import RecordProcessor
 
     store: dict = {}
     recorders = [RecordProcessor(name, store, keep) for name in layers] if keep else []
     steps = inversion_steps(cfg, _schedule(pipe, cfg))
-    with _hooked(pipe.unet, recorders) as on_step:
-        latents = invert_along(pipe, latents, pipe.encode_prompt(""), steps, on_step)[-1]
+    context = pipe.encode_prompt("")
+    upcast = cfg.variant == "paper" and pipe.dtype != "float32"
+    with _hooked(pipe.unet, recorders) as on_step, _float32(pipe.unet) if upcast else nullcontext():
+        latents = invert_along(pipe, latents.float32() if upcast else latents,
+                               context.float32() if upcast else context, steps, on_step)[-1]
+    if upcast:  # sampling runs in the pipeline's dtype (under autocast in the official)
+        latents = latents.cast(pipe.dtype)
+        store = {t: {n: {k: v.cast(pipe.dtype) for k, v in qkv.items()} for n, qkv in per.items()}
+                 for t, per in store.items()}
     return latents, store
 
 
@@ -256,7 +299,8 @@ def invert_style(pipe, style_image: np.ndarray, cfg: StyleIDConfig) -> StyleFeat
     if style_image is None:
         raise InputError("StyleID needs a style image")
     layers = resolve_layers(pipe.unet, cfg.layers, cfg.variant)
-    z = pipe.encode_uint8(style_image)
+    # paper: a posterior sample (get_first_stage_encoding after seed_everything(22)); diffusers: the mode
+    z = pipe.encode_uint8(style_image, np.random.default_rng(cfg.seed) if cfg.variant == "paper" else None)
     if z.shape[0] != 1:
         raise InputError(f"one style image at a time, got {z.shape[0]}")
     if not (cfg.inject or cfg.adain):  # nothing of the style is used
@@ -276,7 +320,9 @@ def stylize_latents(pipe, content_latents: jt.Var, style: StyleFeatures, cfg: St
                           "run invert_style again")
     z_c, q_store = _invert(pipe, content_latents, cfg, layers, "q" if cfg.inject else "")
     z = adain(z_c, style.latent, cfg.adain_eps) if cfg.adain else z_c
-    injectors = [InjectProcessor(n, q_store, style.kv, cfg.gamma, cfg.T) for n in layers] if cfg.inject else []
+    labels = injected_labels(cfg, _schedule(pipe, cfg))
+    injectors = [InjectProcessor(n, q_store, style.kv, cfg.gamma, cfg.T, labels) for n in layers] if cfg.inject \
+        else []
     with _hooked(pipe.unet, injectors) as on_step:
         if cfg.variant == "paper":
             return sample_along(pipe, z, pipe.encode_prompt(""), sampling_timesteps(cfg, _schedule(pipe, cfg)),
@@ -296,13 +342,16 @@ def decode(pipe, latents: jt.Var, cfg: StyleIDConfig) -> np.ndarray:
 
 
 def stylize(pipe, content_images: np.ndarray, style_image: np.ndarray | StyleFeatures,
-            cfg: StyleIDConfig = StyleIDConfig()) -> np.ndarray:
+            cfg: StyleIDConfig = StyleIDConfig(), generator: np.random.Generator | None = None) -> np.ndarray:
     """Content images (uint8 [B, H, W, 3], one batch) in the style of one image (or its StyleFeatures)
-    -> uint8 [B, H, W, 3]."""
+    -> uint8 [B, H, W, 3]. paper: the contents' posterior sample from `generator` (default
+    default_rng((cfg.seed, 1))); diffusers: the posterior mode."""
     if style_image is None:
         raise InputError("StyleID needs a style image")
     resolve_layers(pipe.unet, cfg.layers, cfg.variant)
-    content = pipe.encode_uint8(content_images)
+    if cfg.variant == "paper" and generator is None:
+        generator = np.random.default_rng((cfg.seed, 1))
+    content = pipe.encode_uint8(content_images, generator if cfg.variant == "paper" else None)
     style = style_image if isinstance(style_image, StyleFeatures) else invert_style(pipe, style_image, cfg)
     return decode(pipe, stylize_latents(pipe, content, style, cfg), cfg)
 
@@ -395,7 +444,8 @@ def inject(pipe, job) -> tuple[np.ndarray, dict]:
         for old in [k for k in job.cache if isinstance(k, tuple) and k[0] == "styleid"]:
             del job.cache[old]
         job.cache[key] = invert_style(pipe, read_rgb(ref, job.size), job.settings)
-    return stylize(pipe, job.content[None], job.cache[key], job.settings)[0], {"reference": ref.name}
+    return stylize(pipe, job.content[None], job.cache[key], job.settings, np.random.default_rng(job.noise))[0], \
+        {"reference": ref.name}
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import NOISE_STREAM, image_key
 from ..io import read_rgb
 from .reference import choose_reference
 from .styleid import StyleIDConfig, invert_style, stylize
@@ -35,7 +36,7 @@ JSTYLEID = dict(
     prompt_template="{obj}",  # run_all.py::text2image_worker: pipe(prompt, ...), "in style_" commented out
     steps=50,  # num_inference_steps=50
     guidance=7.5,  # the pipeline's default guidance_scale
-    seed=0,  # start latents default_rng(seed) (the seed: unseeded Jittor noise)
+    seed=0,  # each image's start latents default_rng(image_key(seed, style, obj, 1)) (the seed: unseeded Jittor noise)
     reference="random",  # np.random.randint over the style's images -> the seeded per-prompt draw
     styleid_variant="diffusers",  # run_styleid_diffusers.py with config.py's defaults
     styleid_gamma=0.75,
@@ -50,7 +51,8 @@ def styleid_dreambooth(pipe, lora_file: str | Path, prompts: Sequence[str], refe
     """One uint8 [size, size, 3] image per object word in `prompts`; the pipeline is left without a LoRA.
 
     `template` makes the content prompt ({obj}: the object word, {style}: style_id); each content image's
-    start latents come from default_rng(seed)."""
+    start latents come from its own default_rng(image_key(seed, style_id, object word, NOISE_STREAM)), as run_all
+    draws them."""
     from .. import lora as L
 
     cfg = StyleIDConfig() if cfg is None else cfg
@@ -58,7 +60,8 @@ def styleid_dreambooth(pipe, lora_file: str | Path, prompts: Sequence[str], refe
     try:
         contents = [pipe.text_to_image(template.format(obj=p, style=style_id), num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, height=size, width=size,
-                                       generator=np.random.default_rng(seed))[0] for p in prompts]
+                                       generator=np.random.default_rng(image_key(seed, style_id, p, NOISE_STREAM)))[0]
+                    for p in prompts]
     finally:
         L.unload_lora(pipe)
     features: dict[Path, object] = {}

@@ -41,21 +41,26 @@ class InjectProcessor(AttnProcessor):
     """StyleID attention: Q = gamma Q_c + (1 - gamma) Q_cs, K = K_s, V = V_s, softmax(T Q K^T / sqrt(d)) V.
 
     `content[t][name]['q']` and `style[t][name]['k'|'v']` come from RecordProcessor; the owner sets
-    `timestep` before each UNet call.
+    `timestep` before each UNet call. Only at the timesteps in `labels` (None: all); elsewhere plain attention.
     """
 
-    def __init__(self, name: str, content: dict, style: dict, gamma: float, temperature: float):
-        self.name, self.content, self.style = name, content, style
-        self.gamma, self.temperature, self.timestep = gamma, temperature, None
+    def __init__(self, name: str, content: dict, style: dict, gamma: float, temperature: float,
+                 labels: set[int] | None = None):
+        self.name, self.content, self.style, self.labels = name, content, style, labels
+        self.gamma, self.temperature, self.timestep, self.active = gamma, temperature, None, True
 
     def project(self, attn: Attention, hidden_states: jt.Var, encoder_hidden_states: jt.Var | None):
         _self_attention_only(encoder_hidden_states)
+        self.active = self.labels is None or self.timestep in self.labels
+        if not self.active:
+            return super().project(attn, hidden_states, None)
         q_c = self.content[self.timestep][self.name]["q"]
         kv = self.style[self.timestep][self.name]
         q = self.gamma * q_c + (1.0 - self.gamma) * attn.to_q(hidden_states)
         return q, kv["k"], kv["v"]  # K, V: batch 1 broadcasts
 
     def attend(self, attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> jt.Var:
-        """softmax(T Q K^T / sqrt(d) + mask) V."""
-        return attn.attend(query, key, value, mask, kernel=self.kernel, scale=attn.scale * self.temperature)
+        """softmax(T Q K^T / sqrt(d) + mask) V (T only where injected)."""
+        scale = attn.scale * (self.temperature if self.active else 1.0)
+        return attn.attend(query, key, value, mask, kernel=self.kernel, scale=scale)
 

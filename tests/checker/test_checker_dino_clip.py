@@ -63,6 +63,39 @@ def test_dino_preprocess_matches_processor() -> None:
         assert_close(dino_input(img), ref, atol=PREPROCESS_ATOL, what="dino_input vs BitImageProcessor")
 
 
+def test_dino_position_embeddings_as_the_public_checker_env_computed_them() -> None:
+    """The public checker ran transformers 4.47.1 (tests/reference/dinov2_pos_ref.py); this env runs 5.x. On a
+    tiny random DINOv2 with dinov2-base's 518 px position table, at the checker's 224 px input, the checker's
+    features equal those with 4.47.1's interpolate_pos_encoding put in."""
+    import sys
+    import types
+    from pathlib import Path
+
+    from transformers import Dinov2Config, Dinov2Model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
+    import dinov2_pos_ref
+
+    torch.manual_seed(0)
+    config = Dinov2Config(image_size=518, patch_size=14, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = Dinov2Model(config).eval().requires_grad_(False)
+    torch.nn.init.normal_(model.embeddings.position_embeddings)  # unit-size entries, so a resampling bug shows
+    assert model.embeddings.position_embeddings.shape[1] == 1 + 37 * 37  # 224 px -> 16 x 16: it interpolates
+    imgs = _imgs(3, [(512, 512), (300, 451)])
+    ours = DinoEmbedder(model, CPU, batch_size=2)(imgs)
+    x = torch.zeros(1, 1 + 16 * 16, 32)
+    table = model.embeddings.interpolate_pos_encoding(x, 224, 224)
+    model.embeddings.interpolate_pos_encoding = types.MethodType(dinov2_pos_ref.interpolate_pos_encoding,
+                                                                 model.embeddings)
+    want, old = DinoEmbedder(model, CPU, batch_size=2)(imgs), model.embeddings.interpolate_pos_encoding(x, 224, 224)
+    # the same bicubic resize (16 taps of unit-size values) on both sides: <= 16 roundings; measured 0 here
+    # (AMD EPYC, 2 cores). The older rule (interpolate by scale_factor (16 + 0.1) / 37) moves these unit-size
+    # entries by 0.19 on average, 1.26 at most (measured).
+    assert_close(table.numpy(), old.numpy(), atol=f32_bound(16, 4.0), what="224 px position table vs 4.47.1")
+    # a one-layer ViT of width 32 on those tables: layer norms of unit-size values, 32-term sums
+    assert_close(ours.numpy(), want.numpy(), atol=f32_bound(64, 4.0), what="dino features vs 4.47.1's")
+
+
 def test_dino_matches_transformers(dino_model) -> None:
     gens, refs = _imgs(1, [(512, 512), (320, 240), (200, 300)]), _imgs(2, [(512, 512), (256, 256)])
     proc = _pil_processor("dino")

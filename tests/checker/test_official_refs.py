@@ -141,6 +141,10 @@ def test_variants_on_the_tiny_model(sd1, variant):
     # AdaIN of 64 values per channel, |z| ~ 3: float32 rounding of a mean, a std and three ops
     assert_close(out["z_T"], ss * (out["z_c"] - mc) / sc + ms, atol=f32_bound(4 * 64, 3.0), what="AdaIN")
     plain = S.stylize(sd1, variant, content, style, steps=4, start_step=3, inject=False)
+    if variant == "paper":  # feat_merge's 50 entries are empty below 50 - start_step = 47: nothing injected at N = 4
+        assert np.array_equal(out["latents"], plain["latents"])
+        out = S.stylize(sd1, variant, content, style, steps=30, start_step=29)  # loop steps 21..29 inject
+        plain = S.stylize(sd1, variant, content, style, steps=30, start_step=29, inject=False)
     # guard, not a tolerance: injection moves the tiny model's latents by ~0.1-0.5
     assert np.abs(out["latents"] - plain["latents"]).max() > 1e-2
     zeroed = copy.deepcopy(sd1)

@@ -27,7 +27,7 @@ SMALL = dict(steps=5, content_replace_step=5, seed=3)
 CASES = {  # name: (recipe, jstyle overrides); the reference gets the same under main.py's names
     "artistic": ("artistic", dict(inv_steps=5)),
     "artistic-omega": ("artistic", dict(inv_steps=5, omega=0.5)),
-    "in-domain": ("in-domain", dict(inv_steps=6, t_boost=300)),
+    "in-domain": ("in-domain", dict(inv_steps=6, t_boost=300, dt_lambda=0.9985)),  # + the #CelebA_HQ dt_lambda
     "in-domain-omega": ("in-domain", dict(inv_steps=6, t_boost=300, omega=0.5)),
 }
 OFFICIAL_NAMES = dict(steps="n_gen_step", inv_steps="n_inv_step", t_boost="t_noise", gamma="hs_coeff")
@@ -62,8 +62,8 @@ def test_recipes_and_schedules_are_the_official_ones():
     # README: artistic references hs_coeff 0.4, t_noise 0, dt_lambda 1, 1000/1000 steps
     assert (art.recipe, art.gamma, art.t_boost, art.dt_lambda, art.steps, art.inv_steps) == \
         ("artistic", 0.4, 0, 1.0, 1000, 1000)
-    # README AFHQ / CelebA: hs_coeff 0.3, t_noise 200, dt_lambda 0.9985, 1000 from 50
-    assert (dom.gamma, dom.t_boost, dom.dt_lambda, dom.steps, dom.inv_steps) == (0.3, 200, 0.9985, 1000, 50)
+    # README "#AFHQ": hs_coeff 0.3, t_noise 200, dt_lambda main.py's 1.0, 1000 from 50
+    assert (dom.gamma, dom.t_boost, dom.dt_lambda, dom.steps, dom.inv_steps) == (0.3, 200, 1.0, 1000, 50)
     # main.py: omega 0 (calibration off), t_edit 400, dt_end 950, content_replace_step 50, t_0 999
     assert (art.omega, art.t_edit, art.dt_end, art.content_replace_step, art.t_0) == (0.0, 400, 950, 50, 999)
     assert ds.DiffStyleConfig(steps=7).inv_steps == 7  # artistic: inverted as many steps as generated

@@ -29,7 +29,7 @@ from ..tolerance import assert_close
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import run_all  # noqa: E402
 
-SIX = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
+QKV = ("to_k", "to_q", "to_v")  # of the sources' six, what stock peft 0.10.0 wired on JDiffusion (docs, "to_out.0")
 TINY = ["--demo", "--styles", "00", "--size", "16", "--steps", "1", "--train-steps", "2", "--sdedit-steps", "2",
         "--devices", "cpu", "--no-check", "--no-package", "--no-progress"]
 
@@ -54,20 +54,21 @@ def test_jdiffusion_baseline_resolves_to_its_source(tmp_path):
         scheduler="model",          # run_all.py: the pipeline's own scheduler config
         seed=0,                     # train_all.sh --seed=0 (never used by the source)
         seed_per_style=False,       # run_all.py: seed=None
+        shared_noise=False,         # run_all.py: one pipe() call per prompt, each a fresh (unseeded) draw
         train_steps=500,            # train_all.sh --max_train_steps=500
-        drop_to_out_at_inference=True,  # 5b README: stock peft never injected to_out.0 at inference
+        drop_to_out_at_inference=False,  # nothing to drop: to_out.0 is not trained (QKV)
         recipe="jdiffusion-baseline",
     )
     assert fields(cfg, want_run) == want_run
     assert cfg.prompt("00", "Dolphin") == "Dolphin in style_00"  # run_all.py prompt + f" in style_{taskid}"
-    assert cfg.lora_skip() == ("to_out.0",)
+    assert cfg.lora_skip() == ()
     t = train_config(cfg, "00", tmp_path, base_dtype(cfg.dtype, "cuda"))
     want_train = dict(
         resolution=512, resize="squash", crop="random",  # train.py Resize(512) (squash) + RandomCrop(512)
         resize_margin=1.0, hflip=False,                  # train.py: no other augmentation
         instance_template="style_{id}", caption_prefix="",  # train_all.sh --instance_prompt style_NN
         prior_preservation=False,                        # train_all.sh: --with_prior_preservation not passed
-        unet_targets=SIX,                                # train.py LoraConfig target_modules
+        unet_targets=QKV,                                # train.py LoraConfig, as stock peft 0.10.0 wired it
         text_encoder_targets=(), vae_targets=(),         # train.py: text_encoder_lora_layers=None
         rank=4, lora_alpha=4.0, init="gaussian", dropout=0.0,  # train.py --rank 4, lora_alpha=rank, gaussian
         learning_rate=1e-4, lr_scheduler="constant", lr_warmup_steps=0,  # train_all.sh; train.py get_scheduler
@@ -90,6 +91,7 @@ def test_jdiffartflow_resolves_to_its_source(tmp_path):
         scheduler="model",           # run_infer.py: the pipeline's own scheduler
         seed=42,                     # self-tune.yaml train.seed / infer.seed
         seed_per_style=True,         # run_infer.py set_seed(infer.seed + int(taskid))
+        shared_noise=False,          # custom_pipeline.py: each batch item its own VAE sample and noise
         train_steps=800,             # self-tune.yaml max_train_steps
         drop_to_out_at_inference=False,
     )
@@ -111,7 +113,7 @@ def test_jdiffartflow_resolves_to_its_source(tmp_path):
         num_class_images=300,                           # self-tune.yaml num_class_images
         class_transform="resize",                       # dataset.py class_transforms Resize(512) + CenterCrop(512)
         class_inference_steps=25, class_guidance_scale=7.5,  # gen_prior.py 25 steps, CFG default 7.5
-        unet_targets=SIX, text_encoder_targets=(), vae_targets=(),  # diffusion.py; text_encoder_lora_rank: 0
+        unet_targets=QKV, text_encoder_targets=(), vae_targets=(),  # diffusion.py (as peft wired it); te rank 0
         rank=32, lora_alpha=32.0, init="gaussian", dropout=0.0,  # self-tune.yaml unet_lora_rank; diffusion.py
         learning_rate=1e-4, lr_scheduler="constant", lr_warmup_steps=0,  # self-tune.yaml; base_trainer.py
         adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2, adam_epsilon=1e-8,  # base_trainer.py AdamW
@@ -143,6 +145,8 @@ def test_jstyleid_is_the_seeds_pipeline(tmp_path):
     s = cfg.method_settings()
     # JStyleID/diffusers_implementation/config.py: ddim_steps 20, layers [7..11], gamma 0.75, T 1.5 (+1e-4 AdaIN)
     assert (s.variant, s.gamma, s.T, s.steps) == ("diffusers", 0.75, 1.5, 20)
+    # run_all.py pipe.load_lora_weights (JDiffusion, peft 0.10.0): no to_out.0 LoRA, as jdiffusion-baseline
+    assert train_config(cfg, "03", tmp_path, base_dtype(cfg.dtype, "cuda")).unet_targets == QKV
 
 
 @pytest.mark.parametrize("name", list(recipes.RECIPES))
@@ -260,12 +264,9 @@ def test_source_recipes_run_end_to_end_on_the_tiny_model(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     config = manifest["config"]  # the hashed settings: what the recipe resolved to, not its name
     assert "recipe" not in config and (config["method"], config["dtype"], config["scheduler"]) == \
-        ("dreambooth", "float32", "model") and config["drop_to_out_at_inference"] is True
+        ("dreambooth", "float32", "model") and config["drop_to_out_at_inference"] is False
     lora = L.read_lora_file(out / "work" / "00" / "lora" / "pytorch_lora_weights.safetensors")
-    assert any(n.endswith("to_out.0") for n in lora.layers["unet"])  # trained, only dropped at inference
-    # add_k_proj / add_v_proj match nothing in an SD 2 UNet and are left out, as PEFT leaves them
-    assert {n.rsplit(".", 1)[-1] if not n.endswith("to_out.0") else "to_out.0" for n in lora.layers["unet"]} == \
-        {"to_q", "to_k", "to_v", "to_out.0"}
+    assert {n.rsplit(".", 1)[-1] for n in lora.layers["unet"]} == {"to_q", "to_k", "to_v"}  # no to_out.0
     log = json.loads((out / "work" / "00" / "lora" / "train_log.json").read_text())
     assert log["final_step"] == 2 and log["config"]["resize"] == "squash"  # the --train-steps flag overrides 500
     # JDiffArtFlow: tiny class-image set via --config's train_settings (over the recipe's 300 x 25 steps)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from jstyle import load_pipeline
 from jstyle import lora as L
+from jstyle.data import NOISE_STREAM, image_key
 from jstyle.errors import InputError
 from jstyle.jobs.plan import RunConfig
 from jstyle.methods.reference import choose_reference, random_index
@@ -72,6 +73,11 @@ def test_jstyleid_run_settings_make_the_seed_pipeline():
         ("diffusers", 20, 20, None, 1e-4, 0.75, 1.5)
 
 
+def noise_key(style: str, obj: str) -> tuple[int, ...]:
+    """Seed 0's noise of one image, as styleid_dreambooth and run_all draw it."""
+    return image_key(0, style, obj, NOISE_STREAM)
+
+
 @pytest.fixture(scope="module")
 def lora_setup(tiny_ref, tmp_path_factory):
     """The tiny sd2 model, a LoRA that really changes its output, three references."""
@@ -94,10 +100,10 @@ def test_function_equals_lora_generation_then_stylize(lora_setup):
     got = styleid_dreambooth(pipe, lora_file, ["Cat", "Dog"], refs, "07", CFG, size=16, num_inference_steps=2)
     assert not L.lora_layers(pipe.unet)  # the LoRA is off afterwards
     L.apply_lora(pipe, lora_file)
-    content = [pipe.text_to_image(f"{p} in style_07", generator=np.random.default_rng(0), **kw)[0]
+    content = [pipe.text_to_image(f"{p} in style_07", generator=np.random.default_rng(noise_key("07", p)), **kw)[0]
                for p in ("Cat", "Dog")]
     L.remove_lora(pipe.unet)
-    plain = pipe.text_to_image("Cat in style_07", generator=np.random.default_rng(0), **kw)[0]
+    plain = pipe.text_to_image("Cat in style_07", generator=np.random.default_rng(noise_key("07", "Cat")), **kw)[0]
     assert np.abs(plain.astype(int) - content[0].astype(int)).mean() > 1  # the LoRA mattered
     style = np.asarray(Image.open(sorted(refs)[0]))  # rule "first": r0.png, 16 px already
     want = stylize(pipe, np.stack(content), style, CFG)  # StyleID on the base model
@@ -113,7 +119,8 @@ def test_jstyleid_matches_the_seed_reference(lora_setup, tiny_ref, tmp_path_fact
     pipe, lora_file, refs = lora_setup
     prompts = ["Bear", "Dolphin", "Owl"]  # references 0, 2, 1 of 3
     ordered = sorted(refs)
-    latents = np.stack([np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)[0]] * 3)
+    noise = [np.random.default_rng(noise_key("00", p)) for p in prompts]  # each image its own
+    latents = np.stack([rng.standard_normal((1, 4, 8, 8)).astype(np.float32)[0] for rng in noise])
     inputs = dict(prompts=np.array(prompts), latents=latents, references=np.stack([np.asarray(Image.open(p))
                                                                                   for p in ordered]),
                   style=np.array("00"), lora=np.array(str(lora_file)), seed=np.array(0), steps=np.array(2),
@@ -125,7 +132,8 @@ def test_jstyleid_matches_the_seed_reference(lora_setup, tiny_ref, tmp_path_fact
     got = jstyleid(pipe, lora_file, prompts, refs, "00", seed=0, size=16, num_inference_steps=2, styleid_steps=4)
     L.apply_lora(pipe, lora_file)
     contents = np.stack([pipe.text_to_image(p, num_inference_steps=2, guidance_scale=7.5, height=16, width=16,
-                                            generator=np.random.default_rng(0))[0] for p in prompts])
+                                            generator=np.random.default_rng(noise_key("00", p)))[0]
+                         for p in prompts])
     L.remove_lora(pipe.unet)
     # stage 1, the bare prompt with the LoRA: jstyle's and diffusers' text-to-image agree to < 1 level in float,
     # so rounding flips by at most 1 (a proof)

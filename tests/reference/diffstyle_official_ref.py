@@ -29,8 +29,8 @@ MAIN = dict(hs_coeff=0.9, t_noise=0, dt_lambda=1.0, dt_end=950, omega=0.0, n_gen
             content_replace_step=50, t_0=999, user_defined_t_edit=None)
 RECIPES = {
     "main": MAIN,
-    # README "#AFHQ" / "#CelebA_HQ": in-domain style references (dt_lambda 0.9985 in the CelebA one)
-    "in-domain": {**MAIN, "hs_coeff": 0.3, "t_noise": 200, "dt_lambda": 0.9985, "n_inv_step": 50},
+    # README "#AFHQ": h_gamma 0.3, t_boost 200, n_gen_step 1000, n_inv_step 50, omega 0 (no --dt_lambda)
+    "in-domain": {**MAIN, "hs_coeff": 0.3, "t_noise": 200, "n_inv_step": 50},
     # README "Harmonization-like style mixing with artistic references"
     "artistic": {**MAIN, "hs_coeff": 0.4, "n_inv_step": 1000},
 }

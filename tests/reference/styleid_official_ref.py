@@ -12,7 +12,8 @@ IN.npz: variant ('paper' | 'diffusers'), content uint8 [B, H, W, 3] (stylised on
 official loops), style uint8 [H', W', 3]; optional: steps (paper --ddim_inv_steps = --save_feat_steps,
 default 50; diffusers --ddim_steps, default 20), start_step (paper only, default 49), gamma (0.75), T (1.5),
 layers (official output-block indices, comma-joined; default paper '6,7,8,9,10,11', diffusers
-'7,8,9,10,11'), adain (1), inject (1).
+'7,8,9,10,11'), adain (1), inject (1); paper only, the posterior noise: style_noise [1, 4, h, w] and
+content_noise [B, 4, h, w] (default: none, the posterior mode).
 OUT.npz: latents (clean stylised latents [B, 4, h, w]), images (uint8), z_T (start latents of sampling),
 z_c / z_s (inverted content / style latents), inv_labels / sample_labels (UNet timestep labels in call
 order, of the style inversion and of the first content's sampling), inv_alpha_next (alpha-bar each
@@ -42,8 +43,10 @@ DEFAULTS = {
 #    diffusers' get_unet_layers agree on SD 1.x/2.x, 12 blocks). A smaller UNet keeps the last blocks:
 #    i -> i - (12 - 3 * len(up_blocks)); indices below 0 or without attention are dropped, as the LDM
 #    code skips output blocks without a SpatialTransformer.
-# 3. VAE: latents = scaling_factor * posterior mode (diffusers variant as official; the paper code takes a
-#    posterior *sample* under seed_everything(22), replaced by the mode to be deterministic).
+# 3. VAE: diffusers variant: scaling_factor * posterior mode, as official. paper: scaling_factor * posterior
+#    *sample* mean + std * eps as official (get_first_stage_encoding -> DiagonalGaussianDistribution.sample),
+#    but eps given in IN.npz: the official draws torch.randn after seed_everything(22), style first, then the
+#    contents in order; a numpy generator cannot give torch's numbers, so the test passes the noise jstyle drew.
 # 4. Schedule: the folder's scheduler alphas_cumprod (diffusers computes it in float32; the LDM code in
 #    float64, stored as float32). float32 on CPU (official: fp16 autocast / torch_dtype fp16 on CUDA).
 
@@ -74,9 +77,11 @@ def attn_layers(unet, indices: list[int]) -> dict[int, str]:
     return names
 
 
-def encode(vae, images: np.ndarray) -> torch.Tensor:
+def encode(vae, images: np.ndarray, noise: np.ndarray | None = None) -> torch.Tensor:
     x = torch.from_numpy(images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0)
-    return vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+    dist = vae.encode(x).latent_dist
+    z = dist.mode() if noise is None else dist.mean + dist.std * torch.from_numpy(np.asarray(noise, np.float32))
+    return z * vae.config.scaling_factor
 
 
 def decode(vae, z: torch.Tensor, rounding: str) -> np.ndarray:
@@ -142,7 +147,8 @@ def encode_ddim(model, img, num_steps, end_step, acp, state, log):
 
 
 # jiwoogit/StyleID d4ea655, ldm/models/diffusion/ddim.py::DDIMSampler.sample -> ddim_sampling -> p_sample_ddim
-# (eta 0, no CFG, x_T given), with run_styleid.py::feat_merge's entries (none for i < S - start_step).
+# (eta 0, no CFG, x_T given), with run_styleid.py::feat_merge's 50 entries (features none for i < 50 - start_step;
+# attention.py applies T only with injected q/k).
 def ddim_sampling(model, x_T, S, start_step, acp, state, inject, log):
     ddim_timesteps = torch.from_numpy(make_ddim_timesteps(S))
     ddim_alphas = acp[ddim_timesteps]
@@ -154,7 +160,7 @@ def ddim_sampling(model, x_T, S, start_step, acp, state, inject, log):
         index = total_steps - i - 1
         if index >= start_step:
             continue
-        state.update(t=step, modify=inject and i >= S - start_step)  # official feat_merge: range(50), 50 - start_step
+        state.update(t=step, modify=inject and i >= 50 - start_step)  # feat_merge: range(50), i < (50 - start_step)
         a_t, a_prev = ddim_alphas[index], ddim_alphas_prev[index]
         e_t = model.eps(img, step, a_t)
         pred_x0 = (img - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
@@ -185,10 +191,11 @@ def run_paper(model, vae, acp, content, style, opt, state, trace):
         state["get"] = False
         return z_enc[int(time_range[0])], state["features"]  # feat_maps[0]['z_enc']
 
-    sty_z_enc, sty_feat = invert(encode(vae, style[None]), trace["inv"])
+    noise = opt.get("style_noise"), opt.get("content_noise")
+    sty_z_enc, sty_feat = invert(encode(vae, style[None], noise[0]), trace["inv"])
     out = []
     for k, image in enumerate(content):
-        cnt_z_enc, cnt_feat = invert(encode(vae, image[None]), [])
+        cnt_z_enc, cnt_feat = invert(encode(vae, image[None], None if noise[1] is None else noise[1][k:k + 1]), [])
         adain_z_enc = adain_paper(cnt_z_enc, sty_z_enc) if opt["adain"] else cnt_z_enc
         # feat_merge: q from the content, k and v from the style, under the same t
         state["modify_features"] = {n: {t: (cnt_feat[n][t][0], sty_feat[n][t][1], sty_feat[n][t][2])
@@ -292,7 +299,7 @@ def main(model: str, inp: str, out: str) -> None:
         cfg = dict(f)
     variant = str(cfg.pop("variant"))
     content, style = cfg.pop("content"), cfg.pop("style")
-    overrides = {k: (str(v) if k == "layers" else v.item()) for k, v in cfg.items()}
+    overrides = {k: (str(v) if k == "layers" else v if k.endswith("_noise") else v.item()) for k, v in cfg.items()}
     np.savez(out, **stylize(load(model), variant, content, style, **overrides))
 
 
