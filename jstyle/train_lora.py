@@ -63,12 +63,14 @@ def _kind(f: dataclasses.Field) -> str | None:
     return "str"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jstyle.train_lora", description=__doc__.splitlines()[0])
+def build_parser(cls: type = LoRATrainConfig, prog: str = "python -m jstyle.train_lora",
+                 description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    """--model, --preset, --device and one flag per field of the settings class `cls`."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--model", required=True, help="diffusers Stable Diffusion folder (the base model)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="baseline")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    for f in dataclasses.fields(LoRATrainConfig):
+    for f in dataclasses.fields(cls):
         kind = _kind(f)
         if kind is None:
             continue
