@@ -29,7 +29,7 @@ class TextualInversionConfig(LoRATrainConfig):
     Defaults: diffusers' textual_inversion example (lr 5e-4, 3000 steps there; 500 here, as StyleBlend)."""
 
     placeholder_token: str = "<F>"
-    initializer_token: str = "artistic"  # one token of the vocabulary; the new rows start as its embedding
+    initializer_token: str = "artistic"  # the new rows start as its embedding (its tokens' mean if split)
     num_vectors: int = 1
     instance_template: str = "a {obj} in the style of <F>."
     learning_rate: float = 5e-4
@@ -53,28 +53,29 @@ class TextualInversionTrainer(LoRATrainer):
     def setup_parameters(self) -> tuple[list[jt.Var], list[float]]:
         cfg, tok, te = self.cfg, self.pipe.tokenizer, self.pipe.text_encoder
         init = tok.encode(cfg.initializer_token, add_special_tokens=False)
-        if len(init) != 1:
-            raise ConfigError(f"initializer_token={cfg.initializer_token!r} is {len(init)} tokens; use one word "
-                              "the tokenizer keeps whole (e.g. 'artistic', 'style')")
+        if not init:
+            raise ConfigError(f"initializer_token={cfg.initializer_token!r} gives no token; use a word such as "
+                              "'artistic' or 'style'")
         weight = te.embeddings.token_embedding.weight
-        start = weight[init[0]].float32().numpy()
+        # one token: its embedding (the official scripts); a word the vocabulary splits: its tokens' mean
+        start = np.mean([weight[i].float32().numpy() for i in init], axis=0)
         ids = add_tokens(tok, te, {cfg.placeholder_token: np.tile(start, (cfg.num_vectors, 1))})
         ids = ids[cfg.placeholder_token]
         weight = te.embeddings.token_embedding.weight
-        if ids != list(range(weight.shape[0] - len(ids), weight.shape[0])):
-            raise ConfigError(f"'{cfg.placeholder_token}' was added before other tokens; train it on a freshly "
-                              "loaded pipeline")
+        if ids != list(range(ids[0], ids[0] + len(ids))):
+            raise ConfigError(f"the vectors of '{cfg.placeholder_token}' have ids {ids}, not consecutive ones")
         self.lora_models = {}
         for model in self.models.values():
             freeze_except(model, [])
-        self.frozen_rows = weight[: ids[0]].stop_grad()
+        self.rows_before, self.rows_after = weight[: ids[0]].stop_grad(), weight[ids[-1] + 1 :].stop_grad()
         self.learned = jt.array(np.tile(start, (cfg.num_vectors, 1)).astype(np.float32))
         return [self.learned], [1.0]
 
     def _splice(self) -> None:
-        """The text encoder's embedding = the frozen rows, then the learned ones (in the graph of the loss)."""
+        """The text encoder's embedding = the frozen rows around the learned ones (in the graph of the loss)."""
         emb = self.pipe.text_encoder.embeddings.token_embedding
-        emb.weight = jt.concat([self.frozen_rows, self.learned.cast(self.frozen_rows.dtype)])
+        parts = [self.rows_before, self.learned.cast(self.rows_before.dtype)]
+        emb.weight = jt.concat(parts + ([self.rows_after] if self.rows_after.shape[0] else []))
 
     def encode_text(self, prompts: list[str]) -> jt.Var:
         self._splice()

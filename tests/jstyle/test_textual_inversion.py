@@ -18,6 +18,7 @@ from PIL import Image
 from jstyle.errors import ConfigError, InputError
 from jstyle.pipeline import load_pipeline
 from jstyle.textual_inversion import WEIGHT_NAME, read_learned_embeds, token_embeddings
+from jstyle.train_textual_inversion import main
 from jstyle.training.optim import lr_at
 from jstyle.training.textual_inversion import TextualInversionConfig, TextualInversionTrainer, train_textual_inversion
 
@@ -127,7 +128,7 @@ def test_step_schedule_and_bad_settings(tiny_ref, style_dir, tmp_path):
         TextualInversionConfig(style_dir=str(style_dir), placeholder_token="<x>")
     pipe = load_pipeline(tiny_ref / "sd1")
     with pytest.raises(ConfigError, match="initializer_token"):
-        TextualInversionTrainer(pipe, TextualInversionConfig(style_dir=str(style_dir), initializer_token="xqzzyv",
+        TextualInversionTrainer(pipe, TextualInversionConfig(style_dir=str(style_dir), initializer_token=" ",
                                                              resolution=RES, output_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="vocabulary"):
         pipe.load_textual_inversion(_file(tmp_path, "cat</w>", 32))
@@ -135,6 +136,11 @@ def test_step_schedule_and_bad_settings(tiny_ref, style_dir, tmp_path):
         pipe.load_textual_inversion(_file(tmp_path, "<x>", 48))
     with pytest.raises(InputError, match="not found"):
         pipe.load_textual_inversion(tmp_path / "nothing")
+    common = ["--model", str(tiny_ref / "sd1"), "--resolution", str(RES), "--no-progress"]
+    assert main([*common, "--style-dir", str(style_dir), "--max-train-steps", "1", "--placeholder-token", "<c>",
+                 "--instance-template", "{obj}, <c>", "--output-dir", str(tmp_path / "cli")]) == 0
+    assert list(read_learned_embeds(tmp_path / "cli")) == ["<c>"]
+    assert main([*common, "--style-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path / "cli2")]) == 2
 
 
 def _file(folder: Path, token: str, dim: int) -> Path:
