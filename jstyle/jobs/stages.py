@@ -88,6 +88,11 @@ def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any
     from ..train_lora import train_lora
 
     out = (ctx.out_dir / lora_path(task.style)).parent
+    own = cfg.method_entry.train_function()
+    if own is not None:  # the method's own training (StyleBlend), writing lora_path last
+        info = own(pipe, cfg, task.style, out)
+        ctx.cache["lora"] = task.style
+        return {"lora": lora_path(task.style), **info}
     train_lora(train_config(cfg, task.style, out, pipe.dtype), pipe=pipe)
     # training leaves this style's whole LoRA in the pipeline; with layers to skip at inference it is reloaded
     ctx.cache["lora"] = ("trained", task.style) if cfg.lora_skip() else task.style
@@ -116,7 +121,8 @@ def inject(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, An
                     content=content, references=list_images(Path(cfg.data) / task.style),
                     reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
                     seed=cfg.inference_seed(task.style), obj=task.prompt, cache=ctx.cache,
-                    scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config))
+                    scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config),
+                    lora_dir=(ctx.out_dir / lora_path(task.style)).parent if method.trains else None)
     image, info = method.inject_function()(pipe, job)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)
     return info
