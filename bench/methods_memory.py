@@ -72,6 +72,24 @@ def styleid_cache_gb(size: int = 512, steps: int = 49, bytes_per: int = 2) -> fl
     return 3 * elements * steps * bytes_per / 1e9  # K, V (style) + Q (content)
 
 
+# parameters of SD 2.1's components (diffusers' counts of stabilityai/stable-diffusion-2-1)
+SD21_PARAMS = {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863}
+
+
+def styleblend_memory_gb(size: int = 512, rows: int = 4, bytes_per: int = 2, vae_bytes: int = 4) -> dict[str, float]:
+    """StyleBlend's expected GPU memory on SD 2.1 from tensor sizes: the weights (UNet and text encoder in
+    `bytes_per`, the VAE in `vae_bytes`), the largest attention of one UNet call over `rows` rows (two branches x
+    CFG): float32 scores (upcast_attention) and probabilities in `bytes_per` over heads x N^2 at the 64x64 level,
+    and the VAE decoder's widest activations for the two branch images (4 live 128 x size^2 maps each)."""
+    weights = (SD21_PARAMS["unet"] + SD21_PARAMS["text_encoder"]) * bytes_per + SD21_PARAMS["vae"] * vae_bytes
+    tokens = (size // 8) ** 2
+    heads = UNET["attention_head_dim"][0]  # SD 2.1 sets heads through attention_head_dim: 5 at the first level
+    attention = rows * heads * tokens * tokens * (4 + bytes_per)
+    decode = 2 * 4 * 128 * size * size * vae_bytes
+    parts = {"weights": weights / 1e9, "attention": attention / 1e9, "vae_decode": decode / 1e9}
+    return {**parts, "total": sum(parts.values())}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=64)
@@ -100,6 +118,11 @@ def main() -> int:
             print(f"{method:<10} {r['peak_rss_mb']:>12.0f} {r['seconds']:>9.1f}")
     print(f"StyleID feature cache at 512 px, SD 2.1, 49 steps, fp16: {styleid_cache_gb():.2f} GB for one style "
           f"and one content image (fp32 {styleid_cache_gb(bytes_per=4):.2f} GB), kept in memory")
+    for size, nbytes in ((512, 2), (768, 4)):
+        m = styleblend_memory_gb(size, bytes_per=nbytes, vae_bytes=4)
+        print(f"StyleBlend at {size} px, SD 2.1, {'fp16' if nbytes == 2 else 'fp32'} (4 rows: two branches x CFG): "
+              f"{m['total']:.1f} GB expected = weights {m['weights']:.1f} + largest attention {m['attention']:.1f} "
+              f"+ VAE decode of 2 images {m['vae_decode']:.1f}")
     return 0
 
 

@@ -15,6 +15,14 @@ and the seconds per style (LoRA training included where a recipe trains one). Ro
                        preset as run_all trains it, or 'demo' = rank 8, lr 1e-3, "{obj} in style_NN" captions)
   sdedit <recipe>      img2img from the mean reference image with that LoRA (strength --strength)
   styleid_db <recipe>  StyleID of the LoRA's image with the first reference (run_all's default method)
+  ti <F>               "A {obj} in the style of <F>." with the base model and a textual-inversion token trained
+                       on the references (StyleBlend's fine-style TI settings, --train-steps steps)
+  styleblend           StyleBlend's fine branch (jstyle.methods.styleblend; its three trainings --train-steps
+                       steps each, the run_all --demo layers and 20 steps)
+--groups picks row groups (base, styleid, diffstyle, lora, ti, styleblend); the StyleID and DiffStyle rows need base.
+--trained OUT takes the ti and styleblend rows' weights from a `run_all.py --demo --method styleblend --out OUT`
+run (its work/<style>/lora/: the same settings as these rows') instead of training them again: seconds then
+count generation only.
 """
 
 from __future__ import annotations
@@ -73,6 +81,13 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
         return [pipe.text_to_image(template.format(obj=o, id=style), generator=np.random.default_rng(args.seed),
                                    **gen)[0] for o in objs]
 
+    groups = set(args.groups.split(","))
+    if "ti" in groups:
+        ti_row(pipe, style_dir, objs, args, row)
+    if "styleblend" in groups:
+        styleblend_row(pipe, style_dir, objs, args, row)
+    if "base" not in groups:
+        return rows
     t0 = time.time()
     base = txt2img("a {obj}")
     row("base", base, t0)
@@ -87,15 +102,16 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
             row(f"{label} g={gamma} T={temp}", [stylize(pipe, c[None], features, cfg)[0] for c in contents], t0)
             t0 = time.time()
 
-    styleid_rows(base, "styleid")
-    for gamma in DIFFSTYLE:
+    if "styleid" in groups:
+        styleid_rows(base, "styleid")
+    for gamma in DIFFSTYLE if "diffstyle" in groups else ():
         t0 = time.time()
         # content_replace_step 0: every step >= t_edit injects (20 steps share only 999 with the 50-step default)
         cfg = DiffStyleConfig(gamma=gamma, t_boost=0, steps=args.steps, inv_steps=args.steps, content_replace_step=0,
                               seed=args.seed)
         row(f"diffstyle g={gamma}", [diffstyle(pipe, c[None], reference, cfg)[0] for c in base], t0)
     init = mean_image(paths, args.size)
-    for recipe in recipes:
+    for recipe in recipes if "lora" in groups else ():
         t0 = time.time()
         with tempfile.TemporaryDirectory() as out:
             cfg = _lora_config(recipe, style_dir, Path(out), args.size, args.train_steps)
@@ -111,6 +127,46 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
         L.unload_lora(pipe)
         styleid_rows(tuned, f"styleid_db {recipe}")
     return rows
+
+
+def ti_row(pipe, style_dir: Path, objs: list[str], args, row) -> None:
+    """Textual inversion alone: <F> trained as StyleBlend's fine style trains it, the base UNet generates."""
+    from jstyle.methods.styleblend import FINE_TI_DIR, FINE_TOKEN, styled_prompt
+    from jstyle.training.textual_inversion import TextualInversionConfig, train_textual_inversion
+
+    t0 = time.time()
+    if args.trained:
+        pipe.load_textual_inversion(args.trained / "work" / style_dir.name / "lora" / FINE_TI_DIR)
+    else:
+        with tempfile.TemporaryDirectory() as out:
+            cfg = TextualInversionConfig(style_dir=str(style_dir), output_dir=out, resolution=args.size,
+                                         progress=False, max_train_steps=args.train_steps, learning_rate=0.01,
+                                         adam_beta1=0.85, lr_scheduler="step", lr_step_size=30, lr_step_gamma=0.7,
+                                         hflip=True, resize="squash", crop="center")
+            train_textual_inversion(cfg, pipe)
+    images = [pipe.text_to_image(styled_prompt(o, FINE_TOKEN), num_inference_steps=args.steps,
+                                 guidance_scale=args.guidance, height=args.size, width=args.size,
+                                 generator=np.random.default_rng(args.seed))[0] for o in objs]
+    row("ti <F>", images, t0)
+
+
+def styleblend_row(pipe, style_dir: Path, objs: list[str], args, row) -> None:
+    """StyleBlend's fine branch after its three trainings (run_all --demo's settings)."""
+    from jstyle import lora as L
+    from jstyle.methods.styleblend import StyleBlendConfig, generate, load_tokens, train
+
+    t0 = time.time()
+    st = StyleBlendConfig(steps=args.steps, train_steps=args.train_steps, seed=args.seed)
+    if args.trained:
+        folder = args.trained / "work" / style_dir.name / "lora"
+        L.apply_lora(pipe, folder / L.WEIGHT_NAME)
+        load_tokens(pipe, folder)
+    else:
+        with tempfile.TemporaryDirectory() as out:
+            train(pipe, st, style_dir, Path(out), args.size)
+    images = [generate(pipe, o, st, args.size, args.guidance, args.seed)[0] for o in objs]
+    L.unload_lora(pipe)
+    row("styleblend", images, t0)
 
 
 def table(rows: list[dict]) -> list[dict]:
@@ -136,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--strength", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--groups", default="base,styleid,diffstyle,lora,ti,styleblend", help="row groups to run")
+    p.add_argument("--trained", type=Path, help="a run_all --method styleblend output: its weights for ti, styleblend")
     p.add_argument("--json", type=Path, help="write the rows and the table here")
     args = p.parse_args(argv)
 

@@ -59,6 +59,13 @@ class StableDiffusion:
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type", "epsilon")
 
+    def load_textual_inversion(self, path: str | Path, token: str | None = None) -> dict[str, list[int]]:
+        """diffusers' `load_textual_inversion`: a learned_embeds.safetensors file (or its folder) into the tokenizer
+        and the text encoder; returns the ids per token (jstyle.textual_inversion)."""
+        from .textual_inversion import load_textual_inversion
+
+        return load_textual_inversion(self, path, token)
+
     def encode_prompt(self, prompts: str | list[str]) -> jt.Var:
         """Text-encoder hidden states [B, 77, D] for prompts padded to the tokenizer's max length."""
         ids = self.tokenizer(prompts, padding="max_length", truncation=True)["input_ids"]

@@ -22,6 +22,10 @@ __all__ = ["Source", "Score", "Recipe", "RECIPES", "get", "listing"]
 
 JD = "JittorRepos/JDiffusion"
 JD_COMMIT = "f10e14b9777bef47cecbf204114da1687dddd489"
+SB = "zichongc/jittor-L6810K2-StyleTransfer"  # StyleBlend's Jittor code, the 0.4823 list-B submission
+SB_COMMIT = "d6e9b896dcae081f43a40d25a52fb78366805bd6"
+SB_TORCH = "zichongc/StyleBlend"  # the paper's PyTorch release
+SB_TORCH_COMMIT = "853724c50d3dd98a056d01b15cc271f84b96cfd6"
 AF = "Xlucidator/JDiffArtFlow"
 AF_COMMIT = "3bed120286d5734b57de855dec052400da23d5d7"  # src/ and configs/ = d3c9f0e's, the report's commit
 # JDiffusion's train.py LoraConfig and JDiffArtFlow's diffusion.py _setup_lora (SD 2.1 has no add_k/v_proj:
@@ -231,6 +235,57 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         ),
     ),
 )}
+
+
+# StyleBlend's recipe: the Jittor repository's values; where the PyTorch release differs, the notes say so
+RECIPES["styleblend"] = Recipe(
+    "styleblend",
+    "StyleBlend (Eurographics 2025) as its authors ran it on list B: coarse text-encoder LoRA on SDEdit images, "
+    "<F> textual inversion + UNet LoRA, the two branches blended in one batch",
+    sources=(Source(SB, SB_COMMIT, ("coarse_style_training.py", "fine_style_training.py", "pipeline.py", "modules.py",
+                                    "test.py", "configs/training_config.yaml", "configs/inference_config.yaml",
+                                    "configs/parameters.json", "utils/dataset.py", "utils/pipeline_utils.py")),
+             Source(SB_TORCH, SB_TORCH_COMMIT, ("src/modules.py", "src/pipeline.py",
+                                                "configs/training_config_sd21.yaml"))),
+    score=Score(0.4823, (), "the challenge's official checker, list B (28 styles, 3 references each)",
+                f"{SB} README.md"),
+    run=dict(method="styleblend", dtype="auto", size=768, train_size=768, guidance=7.5, scheduler="ddim",
+             seed=2024, seed_per_style=False, styleblend_steps=30, styleblend_negative_prompt="blur",
+             styleblend_scale=0.3, styleblend_c2f_step_ratio=0.8, styleblend_f2c_step_ratio=0.6,
+             styleblend_c2f_layers="4,5,6,7,8,9", styleblend_f2c_layers="0,1,2,3,10,11,12,13,14,15",
+             styleblend_ti_steps=500, styleblend_ti_lr=0.01, styleblend_lora_steps=500, styleblend_lora_lr=5e-4,
+             styleblend_coarse_steps=300, styleblend_coarse_lr=1e-4, styleblend_rank=16,
+             styleblend_sdedit_images=10, styleblend_sdedit_steps=20),
+    cost="per style: 10 SDEdit images per reference (15-17 of 20 steps x CFG each), 300 text-encoder LoRA steps, "
+         "500 textual-inversion steps, 500 UNet LoRA steps (768 px, batch 1); per prompt 30 steps x 4 rows "
+         "(two branches x CFG) at 768 px, resized to 512",
+    notes=(
+        "training: configs/training_config.yaml (seed 2024, 768 px, squashed to a square as the datasets' "
+        "Image.resize); fine: TI of <F> from 'artistic' (lr 0.01, AdamW beta1 0.85, StepLR 30 x 0.7, 500 steps) "
+        "then a UNet LoRA rank 16 on to_q/k/v/out.0 (lr 5e-4, StepLR 200 x 0.5, 500 steps), both on 'A {obj} in "
+        "the style of <F>.' with random horizontal flips; coarse: text-encoder LoRA rank 16 on q/k/v/out_proj "
+        "(lr 1e-4 constant, 300 steps) on 'A {obj} in the style of <C>.', <C> left at the embedding of '&'",
+        "inference: test.py (30 DDIM steps, CFG 7.5, negative prompt 'blur' for the fine branch and '' for the "
+        "coarse one, 96x96 latents = 768 px, the fine image resized to 512) and register_styleblend_modules' "
+        "defaults (c2f layers 4-9, f2c 0-3 and 10-15, coarse UNet LoRA scale 0.3, ratios 0.8 / 0.6), the most "
+        "frequent entry of configs/parameters.json; its per-style entries: --styleblend-parameters "
+        "configs/parameters.json (layers, scale, ratios and per-prompt seeds)",
+        "the Jittor code differs from the PyTorch release, and jstyle follows the Jittor code: TI lr 0.01 (PyTorch "
+        "1e-3), UNet LoRA lr 5e-4 (1e-4), StepLR schedules (diffusers' get_scheduler), <C> not optimised (the "
+        "PyTorch code trains it with the LoRA), 512 px results from 768 px (768 px results), and the one-way "
+        "injectors: the PyTorch pipeline names them 'c2f' / 'f2c' while its modules.py tests 'c2t' / 't2c', so "
+        "there only the layers in both lists (feature_blender) blend; in the Jittor code all listed layers do",
+        "a layer in both lists blends Q and K, V on the c2f steps (the official loop sets one step count per "
+        "layer, c2f's); the cross-attention layers only get the coarse LoRA scale (their injection lists are "
+        "empty in every official configuration)",
+        "deviation: the SDEdit images are not filtered (the Jittor config has no CLIP filter and its authors chose "
+        "images by hand; the PyTorch release keeps the 10 of 15 closest by CLIP patch features): jstyle makes 10",
+        "deviation: noise from numpy generators (the official draws jt.randn after jt.set_global_seed): the seeds "
+        "of parameters.json pick other noise here; the SDEdit strengths are drawn from a seeded generator",
+        "dtype auto: float16 UNet and text encoder on CUDA with the VAE in float32 where its config asks (the "
+        "official runs float32: 27 GB); training in fp16 mixed precision with float32 LoRA and embedding tensors",
+    ),
+)
 
 
 def get(name: str) -> Recipe:

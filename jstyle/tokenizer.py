@@ -144,6 +144,33 @@ class CLIPTokenizer:
             [AddedToken(normalize(t.content), t.id, True) for t in self.added_tokens.values() if t.normalized]
         )
         self._cache: dict[str, list[int]] = {}
+        self.multi_vector: dict[str, list[str]] = {}  # textual inversion: a token -> its vectors' tokens
+
+    def add_tokens(self, tokens: Sequence[str]) -> int:
+        """Add tokens cut out of the normalized text (transformers' `add_tokens`: `normalized=True`), with new
+        ids from len(self) on; returns how many were new (tokens already known keep their ids)."""
+        start, added = len(self), 0
+        for content in tokens:
+            if not content or content in self.added_tokens or content in self.vocab:
+                continue
+            self.added_tokens[content] = AddedToken(content, start + added, normalized=True)
+            added += 1
+        self._raw_split = self._splitter([t for t in self.added_tokens.values() if not t.normalized])
+        self._normalized_split = self._splitter(
+            [AddedToken(normalize(t.content), t.id, True) for t in self.added_tokens.values() if t.normalized]
+        )
+        return added
+
+    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
+        """Ids of tokens as written (added tokens or vocabulary entries); unknown ones get the unk id."""
+        return [self.added_tokens[t].id if t in self.added_tokens else self.vocab.get(t, self.unk_token_id)
+                for t in tokens]
+
+    def expand_multi_vector(self, text: str) -> str:
+        """A multi-vector token "<t>" -> "<t> <t>_1 ... <t>_{n-1}" (diffusers' `maybe_convert_prompt`)."""
+        for token, parts in self.multi_vector.items():
+            text = text.replace(token, " ".join(parts))
+        return text
 
     @property
     def bos_token_id(self) -> int:
@@ -204,6 +231,8 @@ class CLIPTokenizer:
         if not isinstance(text, str):
             raise InputError(f"prompt must be a string, got {type(text).__name__}")
         ids: list[int] = []
+        if self.multi_vector:
+            text = self.expand_multi_vector(text)
         for raw in self._split(text, self._raw_split):
             if isinstance(raw, int):
                 ids.append(raw)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,14 @@ def _kind(f: dataclasses.Field) -> str | None:
     return "str"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jstyle.train_lora", description=__doc__.splitlines()[0])
+def build_parser(cls: type = LoRATrainConfig, prog: str = "python -m jstyle.train_lora",
+                 description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    """--model, --preset, --device and one flag per field of the settings class `cls`."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--model", required=True, help="diffusers Stable Diffusion folder (the base model)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="baseline")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    for f in dataclasses.fields(LoRATrainConfig):
+    for f in dataclasses.fields(cls):
         kind = _kind(f)
         if kind is None:
             continue
@@ -83,22 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+def run_cli(argv: list[str] | None, cls: type, prog: str, description: str,
+            train: Callable[[Any, Any], Path]) -> int:
+    """A training CLI: flags of the settings class `cls` over the preset, the model loaded, `train(cfg, pipe)`;
+    prints the written file, or a one-line error (exit 2)."""
+    args = vars(build_parser(cls, prog, description).parse_args(argv))
     model, preset, device = args.pop("model"), args.pop("preset"), args.pop("device")
     try:
         from .device import use_device
+        from .pipeline import load_pipeline
 
         use_device(device)
-        cfg = LoRATrainConfig.from_dict({**PRESETS[preset], **args})
+        cfg = cls.from_dict({**PRESETS[preset], **args})
         if not cfg.style_dir:
             raise JStyleError("--style-dir is required (a folder with images/)")
-        path = train_lora(cfg, model=model)
+        pipe = load_pipeline(model, dtype="float16" if cfg.mixed_precision == "fp16" else "float32", vae_dtype="auto")
+        path = train(cfg, pipe)
     except JStyleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, LoRATrainConfig, "python -m jstyle.train_lora", __doc__.splitlines()[0],
+                   lambda cfg, pipe: train_lora(cfg, pipe=pipe))
 
 
 if __name__ == "__main__":

@@ -193,8 +193,11 @@ class RunConfig:
         return lora_path(style, _short_hash(self.lora_key()) if self.shared_work else None)
 
     def lora_key(self) -> dict[str, Any]:
-        """What decides a style's LoRA: the preset, the training settings and the base dtype."""
-        return {"preset": self.preset, "train": self.train_overrides(), "dtype": self.dtype, "model": self.model}
+        """What decides a style's LoRA: the preset, the training settings and the base dtype (and, for a method that
+        trains its own way, that method and its settings)."""
+        own = {"method_train": self.method_entry.train, "settings": self.method_settings()} \
+            if self.method_entry.train else {}
+        return {"preset": self.preset, "train": self.train_overrides(), "dtype": self.dtype, "model": self.model, **own}
 
     def content_file(self, style: str, obj: str) -> str:
         """The content image of `obj` this run's tasks generate and read (shared_work: named by its settings)."""

@@ -92,6 +92,11 @@ def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any
     from ..train_lora import train_lora
 
     out = (ctx.out_dir / task.outputs[0]).parent
+    own = cfg.method_entry.train_function()
+    if own is not None:  # the method's own training (StyleBlend), writing the LoRA file last
+        info = own(pipe, cfg, task.style, out)
+        ctx.cache.pop("lora", None)  # what its training left in the pipeline: reloaded from the file when used
+        return {"lora": task.outputs[0], **info}
     train_lora(train_config(cfg, task.style, out, pipe.dtype), pipe=pipe)
     # training leaves this style's whole LoRA in the pipeline; with layers to skip at inference it is reloaded
     ctx.cache["lora"] = ("trained", task.outputs[0]) if cfg.lora_skip() else (task.outputs[0], ())
@@ -118,7 +123,8 @@ def styled_image(cfg: RunConfig, style: str, obj: str, content: np.ndarray | Non
                     content=content, references=list_images(Path(cfg.data) / style),
                     reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
                     seed=cfg.inference_seed(style), noise=cfg.noise_seed(style, obj), obj=obj, cache=ctx.cache,
-                    scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config))
+                    scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config),
+                    lora_dir=(ctx.out_dir / cfg.lora_file(style)).parent if method.trains else None)
     return method.inject_function()(pipe, job)
 
 

@@ -45,6 +45,8 @@ class Method:
     inject_lora: bool = False  # the inject stage keeps the style's LoRA on (else it runs on the base model)
     derive: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None  # (flag values, RunConfig) -> other fields
     candidate: bool = True  # in --method auto's default candidates, at its defaults (default_candidates)
+    train: str | None = None  # "module:function" of the method's own train stage, fn(pipe, run, style, folder) -> info,
+    # writing the style's LoRA file in folder last (None: DreamBooth-LoRA training with the run's preset)
 
     def __post_init__(self):
         if not self.generates and self.inject is None:
@@ -61,6 +63,9 @@ class Method:
 
     def inject_function(self) -> Callable[..., tuple[np.ndarray, dict[str, Any]]]:
         return _load(self.inject, f"method {self.name} inject")
+
+    def train_function(self) -> Callable[..., dict[str, Any]] | None:
+        return None if self.train is None else _load(self.train, f"method {self.name} train")
 
     def settings_class(self) -> type | None:
         return None if self.settings is None else _load(self.settings, f"method {self.name} settings")
@@ -83,6 +88,7 @@ class InjectJob:
     obj: str = ""  # the object word as in prompt.json ("Bear"): the key of the seeded 'random' reference rule
     cache: dict[Any, Any] = field(default_factory=dict)  # lives as long as the worker (inversions, means)
     scheduler: str = "ddim"  # the run's sampler (jstyle.schedulers.SCHEDULERS) for text-to-image and SDEdit
+    lora_dir: Path | None = None  # the folder of the style's trained LoRA (a method's own training files beside it)
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("diffstyle", "base-model content, then DiffStyle h-space injection from a reference image",
            trains=False, prompt="{obj}", generates=True, inject="jstyle.methods.diffstyle:inject",
            settings="jstyle.methods.diffstyle:DiffStyleConfig"),
+    # StyleBlend's three trainings (coarse text-encoder LoRA, <F> textual inversion, fine UNet LoRA) are its train
+    # stage; its inject stage blends the two branches (jstyle.methods.styleblend)
+    Method("styleblend", "StyleBlend: a coarse (text LoRA on SDEdit images) and a fine (<F> + UNet LoRA) branch "
+           "blended in one batch", trains=True, prompt="{obj}", generates=False,
+           inject="jstyle.methods.styleblend:inject", settings="jstyle.methods.styleblend:StyleBlendConfig",
+           inject_lora=True, train="jstyle.methods.styleblend:train_stage",
+           derive=lambda s, run: dict(seed=run.seed, train_steps=run.train_steps)),
 )}
 
 

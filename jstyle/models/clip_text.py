@@ -157,6 +157,22 @@ class CLIPTextModel(nn.Module):
                               f"num_attention_heads {c['num_attention_heads']}")
         return cls(dict(config))
 
+    def resize_token_embeddings(self, vocab_size: int) -> None:
+        """Grow the input embedding to `vocab_size` rows (textual inversion's new tokens): the old rows kept, the
+        new ones set to the old rows' mean (transformers' mean resizing, without its noise)."""
+        emb = self.embeddings.token_embedding
+        old = emb.weight
+        n = old.shape[0]
+        if vocab_size < n:
+            raise ConfigError(f"text encoder: cannot shrink the token embedding from {n} to {vocab_size} rows")
+        if vocab_size == n:
+            return
+        mean = old.float32().mean(0, keepdims=True).cast(old.dtype)
+        new = jt.concat([old, mean.broadcast((vocab_size - n, old.shape[1]))]).stop_grad()
+        emb.weight = new
+        emb.num_embeddings = vocab_size
+        self.config = {**self.config, "vocab_size": vocab_size}
+
     @staticmethod
     def convert_state_dict(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """transformers 4 layout -> this layout: drop the `text_model.` prefix (transformers 5's

@@ -65,6 +65,8 @@ class LoRATrainConfig:
     text_encoder_lr: float | None = None  # None = learning_rate
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
+    lr_step_size: int = 1  # lr_scheduler "step": lr * lr_step_gamma^(step // lr_step_size) (torch's StepLR)
+    lr_step_gamma: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
@@ -99,6 +101,8 @@ class LoRATrainConfig:
             raise bad("resolution", "must be a multiple of 8")
         if self.lr_scheduler not in SCHEDULES:
             raise bad("lr_scheduler", f"use one of {', '.join(SCHEDULES)}")
+        if self.lr_step_size <= 0 or self.lr_step_gamma <= 0:
+            raise bad("lr_step_size", "lr_step_size and lr_step_gamma must be > 0")
         if self.learning_rate <= 0 or self.lr_warmup_steps < 0:
             raise bad("learning_rate", "must be > 0 (and lr_warmup_steps >= 0)")
         if self.crop not in CROPS:

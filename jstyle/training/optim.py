@@ -18,7 +18,7 @@ from ..errors import ConfigError
 
 __all__ = ["AdamW", "SCHEDULES", "lr_at", "clip_grad_norm", "global_norm", "all_finite", "LossScaler"]
 
-SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
+SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear", "step")
 
 
 class AdamW:
@@ -73,16 +73,20 @@ class AdamW:
             v.assign(jt.array(state[f"v.{i}"]))
 
 
-def lr_at(step: int, base_lr: float, schedule: str, warmup: int, total: int) -> float:
+def lr_at(step: int, base_lr: float, schedule: str, warmup: int, total: int, step_size: int = 1,
+          gamma: float = 1.0) -> float:
     """Learning rate for optimizer step `step` (0-based), as diffusers' get_scheduler.
 
     warmup: lr * step / warmup; then constant, cosine (0.5 (1 + cos(pi p))) or linear (1 - p) decay,
-    p = (step - warmup) / (total - warmup).
+    p = (step - warmup) / (total - warmup). "step": lr gamma^floor(step / step_size), torch's StepLR stepped
+    after every optimizer step (no warmup).
     """
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown lr schedule '{schedule}'; use one of {', '.join(SCHEDULES)}")
     if schedule == "constant":
         return base_lr
+    if schedule == "step":
+        return base_lr * gamma ** (step // max(1, step_size))
     if step < warmup:
         return base_lr * step / max(1, warmup)
     if schedule == "constant_with_warmup":

@@ -76,6 +76,21 @@ class LoRATrainer:
         self.class_examples: list[Example] = []
         self.out = Path(cfg.output_dir)
         self.models = {c: getattr(pipe, c) for c in L.COMPONENTS}
+        self.params, self.lr_scale = self.setup_parameters()
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.models["unet"])
+        else:
+            disable_gradient_checkpointing(self.models["unet"])
+        self.optim = AdamW(self.params, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2),
+                           cfg.adam_weight_decay, cfg.adam_epsilon)
+        self.step = 0
+        self.log: list[dict[str, Any]] = []
+        self._text_cache: dict[str, np.ndarray] = {}
+        self.scaler = LossScaler(enabled=cfg.mixed_precision == "fp16")  # fp16: dynamic scale from 2**16
+
+    def setup_parameters(self) -> tuple[list[jt.Var], list[float]]:
+        """Inject the LoRA layers, freeze the rest; returns (trainable tensors, their lr multipliers)."""
+        cfg = self.cfg
         for i, (comp, targets) in enumerate(cfg.targets().items()):
             model = self.models[comp]
             L.remove_lora(model)
@@ -87,23 +102,27 @@ class LoRATrainer:
         self.lora_models = {c: self.models[c] for c in cfg.targets()}
         for model in self.models.values():  # freeze the base: gradients only for LoRA tensors
             freeze_except(model, L.lora_parameters(model))
-        if cfg.gradient_checkpointing:
-            enable_gradient_checkpointing(self.models["unet"])
-        else:
-            disable_gradient_checkpointing(self.models["unet"])
-        self.params: list[jt.Var] = []
-        self.lr_scale: list[float] = []
+        params: list[jt.Var] = []
+        lr_scale: list[float] = []
         for comp, model in self.lora_models.items():
             ps = L.lora_parameters(model)
             lr = cfg.text_encoder_lr if comp == "text_encoder" and cfg.text_encoder_lr else cfg.learning_rate
-            self.params += ps
-            self.lr_scale += [lr / cfg.learning_rate] * len(ps)
-        self.optim = AdamW(self.params, cfg.learning_rate, (cfg.adam_beta1, cfg.adam_beta2),
-                           cfg.adam_weight_decay, cfg.adam_epsilon)
-        self.step = 0
-        self.log: list[dict[str, Any]] = []
-        self._text_cache: dict[str, np.ndarray] = {}
-        self.scaler = LossScaler(enabled=cfg.mixed_precision == "fp16")  # fp16: dynamic scale from 2**16
+            params += ps
+            lr_scale += [lr / cfg.learning_rate] * len(ps)
+        return params, lr_scale
+
+    def save_weights(self, folder: Path, metadata: dict[str, str] | None = None) -> Path:
+        """Write the trained weights into `folder` (the LoRA file); returns its path."""
+        return L.save_lora(folder / FINAL_NAME, self.lora_models, extra_metadata=metadata)
+
+    def load_weights(self, folder: Path) -> None:
+        """Set the trained weights from `folder` (a checkpoint written by save_weights)."""
+        weights = L.read_lora_file(folder / FINAL_NAME)
+        for comp, layers in weights.layers.items():
+            own = L.lora_layers(self.lora_models[comp])
+            for name, p in layers.items():
+                own[name].lora_A.weight.assign(jt.array(p.A))
+                own[name].lora_B.weight.assign(jt.array(p.B))
 
     @property
     def loss_scale(self) -> float:
@@ -231,7 +250,8 @@ class LoRATrainer:
         norm = None
         if cfg.max_grad_norm is not None and not skipped:
             grads, norm = clip_grad_norm(grads, cfg.max_grad_norm)
-        lr = lr_at(s, cfg.learning_rate, cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.max_train_steps)
+        lr = lr_at(s, cfg.learning_rate, cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.max_train_steps,
+                   cfg.lr_step_size, cfg.lr_step_gamma)
         if not skipped:
             self.optim.step(grads, lr, self.lr_scale)
         self.step += 1
@@ -251,7 +271,7 @@ class LoRATrainer:
         """<output_dir>/checkpoints/step_NNNNNN/ (written to a temp folder, then renamed)."""
         final = self.out / CHECKPOINT_DIR / f"step_{self.step:06d}"
         with atomic_path(final, directory=True) as tmp:
-            L.save_lora(tmp / FINAL_NAME, self.lora_models)
+            self.save_weights(tmp)
             np.savez(tmp / "optimizer.npz", **self.optim.state_dict())
             state = {"step": self.step, "fingerprint": self.cfg.fingerprint(), "config": self.cfg.to_dict(),
                      "loss_scale": self.loss_scale, "log": self.log}
@@ -276,12 +296,7 @@ class LoRATrainer:
                           if k not in RESUME_FREE_FIELDS and not same(v, mine.get(k)))
             raise ConfigError(f"{path}: checkpoint was made with another config (differs in: "
                               f"{', '.join(diff) or 'unknown'}); resume with the same settings")
-        weights = L.read_lora_file(path / FINAL_NAME)
-        for comp, layers in weights.layers.items():
-            own = L.lora_layers(self.lora_models[comp])
-            for name, p in layers.items():
-                own[name].lora_A.weight.assign(jt.array(p.A))
-                own[name].lora_B.weight.assign(jt.array(p.B))
+        self.load_weights(path)
         with np.load(path / "optimizer.npz") as f:
             self.optim.load_state_dict(dict(f))
         self.step, self.log = int(state["step"]), list(state["log"])
@@ -319,7 +334,7 @@ class LoRATrainer:
         wall = time.perf_counter() - t_start
         self.out.mkdir(parents=True, exist_ok=True)
         meta = {"jstyle_train_config": json.dumps(self.cfg.to_dict(), default=str), "jstyle_step": str(self.step)}
-        path = L.save_lora(self.out / FINAL_NAME, self.lora_models, extra_metadata=meta)
+        path = self.save_weights(self.out, meta)
         times = [e["time_s"] for e in self.log]
         summary = {
             "config": self.cfg.to_dict(), "steps": self.log, "final_step": self.step, "wall_s_this_run": wall,
