@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="LoRA training recomputes UNet blocks in the backward pass (less memory; same LoRA)")
     p.add_argument("--reference", choices=REFERENCE_RULES, help="reference image for injection" + dflt("reference"))
+    p.add_argument("--references", metavar="K|all", help="reference images pooled by the injection (StyleID, VSP): "
+                   "the rule's first K, or all; their keys and values concatenated, AdaIN over their pooled "
+                   "statistics" + dflt("references"))
+    p.add_argument("--reference-size", metavar="native|N|auto", help="how references are read: native (own size, "
+                   "no crop), N (centre square resized to N), auto (as the method's source: native for StyleID's "
+                   "diffusers variant, else --size)" + dflt("reference_size"))
     p.add_argument("--retries", type=int, help="retries of a failed task" + dflt("retries"))
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to <out>/logs)")
     p.add_argument("--no-check", action="store_true", help="with --demo: skip scoring")

@@ -116,7 +116,8 @@ def inject(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, An
                     content=content, references=list_images(Path(cfg.data) / task.style),
                     reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
                     seed=cfg.inference_seed(task.style), obj=task.prompt, cache=ctx.cache,
-                    scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config))
+                    scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config),
+                    reference_count=cfg.references, reference_size=cfg.reference_size)
     image, info = method.inject_function()(pipe, job)
     _save(image, ctx.out_dir / task.outputs[0], OUTPUT_SIZE)
     return info

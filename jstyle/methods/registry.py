@@ -81,6 +81,8 @@ class InjectJob:
     obj: str = ""  # the object word as in prompt.json ("Bear"): the key of the seeded 'random' reference rule
     cache: dict[Any, Any] = field(default_factory=dict)  # lives as long as the worker (inversions, means)
     scheduler: str = "ddim"  # the run's sampler (jstyle.schedulers.SCHEDULERS) for text-to-image and SDEdit
+    reference_count: str = "1"  # --references: how many references the injection uses, k or "all"
+    reference_size: str = "auto"  # --reference-size: native, N pixels, or auto (the method's source reading)
 
 
 @dataclass(frozen=True)
