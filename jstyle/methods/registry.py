@@ -130,6 +130,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("diffstyle", "base-model content, then DiffStyle h-space injection from a reference image",
            trains=False, prompt="{obj}", generates=True, inject="jstyle.methods.diffstyle:inject",
            settings="jstyle.methods.diffstyle:DiffStyleConfig", derive=lambda s, run: dict(seed=run.seed)),
+    # Visual Style Prompting: no content stage, its inject stage is the text-to-image (jstyle.methods.vsp)
+    Method("vsp", "text-to-image whose last up-block self-attention takes K, V from the noised reference (VSP)",
+           trains=False, prompt="{obj}", generates=False, inject="jstyle.methods.vsp:inject",
+           settings="jstyle.methods.vsp:VSPConfig"),
 )}
 
 
