@@ -26,6 +26,16 @@ official script captions the reference with BLIP-2, which jstyle does not ship);
 generator (the official reference noise is unseeded); the reference is read at the run's size (official: 1024,
 SDXL's).
 
+Negative visual query guidance (`nvqg`, StyleKeeper, Jeong et al., ICCV 2025): the paper's equations were not in
+the stored pages this was written from; its abstract says NVQG "employs negative score by intentionally simulating
+content leakage scenarios that swap queries instead of key and values of self-attention layers from visual style
+prompts", and StyleKeeper's code (naver-ai/StyleKeeper @ ac1219c) is VSP's without it. jstyle follows the one
+public implementation found, Slickytail/ComfyUI-StyleGuide @ 544992e (attention.py::Attn1Replace): in the swapped
+layers the uncond pass's image rows take the reference's queries with their own keys and values, the cond pass
+swaps K, V as VSP, and CFG runs as usual, so the guidance pushes away from the leak-simulating prediction:
+    eps = eps(z, {}; Q <- Q_ref) + w (eps(z, c; K, V <- K_ref, V_ref) - eps(z, {}; Q <- Q_ref))
+It is that replication's reading, not the paper's equation, and is off by default.
+
     `--references k` pools k references: k reference rows, and the images attend to all of their K, V
     concatenated along the token axis; colour calibration takes the pooled statistics of their predicted x0.
 """
@@ -57,6 +67,8 @@ class VSPConfig:
                                                                   "(--color_cal_start_t)"})
     color_cal_window_size: int = field(default=50, metadata={"help": "VSP colour calibration window: timesteps "
                                                                      "above start - window (0 = off)"})
+    nvqg: bool = field(default=False, metadata={"help": "VSP with negative visual query guidance (StyleKeeper's "
+                                                        "idea as a third-party replication reads it; see the module)"})
     reference_prompt: str = ""  # the reference row's cond prompt (official: a BLIP-2 caption of the reference)
     layers: tuple[str, ...] | None = None  # module prefixes of the swapped attn1 layers (None: vsp_layers' rule)
 
@@ -136,7 +148,7 @@ def vsp_latents(pipe, references: np.ndarray, prompt: str, latents: jt.Var, nois
     empty, text = pipe.encode_prompt(""), pipe.encode_prompt([cfg.reference_prompt, prompt])
     context = jt.concat([empty] * (k + b) + [text[:1]] * k + [text[1:]] * b)  # [uncond rows; cond rows]
     layers = vsp_layers(pipe.unet, cfg.layers)
-    swappers = [VSPProcessor(name, k) for name in layers]
+    swappers = [VSPProcessor(name, k, negative_query=cfg.nvqg) for name in layers]
     (end, start), acp = cfg.calibration, scheduler.alphas_cumprod
     with jt.no_grad(), _hooked(pipe.unet, swappers):
         for i, t in enumerate(int(t) for t in scheduler.timesteps):

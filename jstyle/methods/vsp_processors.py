@@ -14,12 +14,17 @@ __all__ = ["VSPProcessor"]
 class VSPProcessor(AttnProcessor):
     """Swapping self-attention (inverted_ve_pipeline.py::swapping_attention): the batch is CFG chunks of [k reference
     rows, image rows]; while `active`, each chunk's image rows attend with their own queries to the K and V of the
-    chunk's reference rows (concatenated along the token axis for k > 1), the reference rows to their own."""
+    chunk's reference rows (concatenated along the token axis for k > 1), the reference rows to their own.
+
+    negative_query: the uncond chunk's image rows instead attend with the reference rows' queries to their own keys
+    and values (the mean over k references): the uncond prediction becomes the negative visual query score
+    (jstyle.methods.vsp, `nvqg`)."""
 
     max_scores: int = MAX_SCORES  # attention scores per chunk (attend_in_chunks)
 
-    def __init__(self, name: str, references: int = 1, chunks: int = 2):
+    def __init__(self, name: str, references: int = 1, chunks: int = 2, negative_query: bool = False):
         self.name, self.references, self.chunks, self.active = name, references, chunks, True
+        self.negative_query = negative_query
 
     def project(self, attn: Attention, hidden_states: jt.Var, encoder_hidden_states: jt.Var | None):
         _self_attention_only(encoder_hidden_states)
@@ -35,6 +40,12 @@ class VSPProcessor(AttnProcessor):
             lo = c * rows
             refs = slice(lo, lo + k)
             out.append(attn.attend(query[refs], key[refs], value[refs], None, kernel=self.kernel))
+            if self.negative_query and c == 0:  # Q <- Q_ref, K, V their own: content leakage simulated
+                images = slice(lo + k, lo + rows)
+                leak = [attn.attend(query[r:r + 1].broadcast((rows - k, h, n, d)), key[images], value[images], None,
+                                    kernel=self.kernel) for r in range(lo, lo + k)]
+                out.append(sum(leak[1:], leak[0]) / k if k > 1 else leak[0])
+                continue
             pooled_k = key[refs].transpose(1, 0, 2, 3).reshape(1, h, k * n, d)  # [1, heads, k N, d]
             pooled_v = value[refs].transpose(1, 0, 2, 3).reshape(1, h, k * n, d)
             out.append(attend_in_chunks(attn, query[lo + k:lo + rows], pooled_k, pooled_v, None, self.kernel,

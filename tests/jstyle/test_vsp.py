@@ -112,3 +112,27 @@ def test_inject_and_bad_inputs(setup, tmp_path):
     assert image.shape == (16, 16, 3) and info == {"reference": "r0.png,r1.png"}
     with pytest.raises(InputError, match="--reference-size must be auto or 16"):
         inject(pipe, InjectJob(**{**job.__dict__, "reference_size": "native"}))
+
+
+def _softmax_attention(q, k, v, scale):
+    s = np.einsum("hnd,hmd->hnm", q, k) * scale
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return np.einsum("hnm,hmd->hnd", p / p.sum(-1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("negative_query", [False, True], ids=["vsp", "nvqg"])
+def test_processor_rows(negative_query):
+    """Batch [uncond: ref, image; cond: ref, image], 2 heads, 6 tokens: which queries meet which keys and values."""
+    from jstyle.methods.vsp_processors import VSPProcessor
+    from jstyle.models.attention import Attention
+
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((4, 2, 6, 4)).astype(np.float32) for _ in range(3))
+    attn = Attention(8, heads=2, dim_head=4)
+    got = VSPProcessor("x", 1, negative_query=negative_query).attend(attn, jt.array(q), jt.array(k), jt.array(v),
+                                                                      None).numpy()
+    pairs = {0: (0, 0, 0), 2: (2, 2, 2), 3: (3, 2, 2)}  # row: (query row, key/value row); refs attend to their own
+    pairs[1] = (0, 1, 1) if negative_query else (1, 0, 0)  # uncond image: Q_ref on its own K, V (nvqg), else K_ref
+    for row, (qi, ki, vi) in pairs.items():
+        assert_close(got[row], _softmax_attention(q[qi], k[ki], v[vi], attn.scale), atol=f32_bound(6, 4.0),
+                     what=f"row {row}")
