@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent
 # --demo's settings: the demo model's 64 px, small enough for a 2-core CPU in minutes (any flag overrides them);
 # DiffStyle's 20 steps share only label 999 with its 50-step replace schedule: content_replace_step 0 injects on all
 DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=20, train_steps=200, styleid_steps=20,
-            diffstyle_steps=20, diffstyle_content_replace_step=0, sdedit_steps=20, guidance=5.0)
+            diffstyle_steps=20, diffstyle_content_replace_step=0, sdedit_steps=20, vsp_steps=20, guidance=5.0)
 DEMO_MODEL = ROOT / "demo" / "model"  # made by scripts/train_demo_model.py
 HELP_ONLY = ("demo", "config", "no_progress", "no_check", "no_package", "list_recipes")  # not run settings
 CONFIG_ONLY = ("train_settings",)  # --config keys without a flag: LoRATrainConfig fields over the preset

@@ -18,17 +18,11 @@ from jstyle.methods.vsp import VSPConfig, calibrate, inject, reference_noise, vs
 
 from ..tolerance import UINT8, assert_close, f32_bound
 from .conftest import reference_npz
+from .test_styleid import _image  # a smooth colour gradient plus noise, uint8 [16, 16, 3]
 
 REF = Path(__file__).resolve().parents[1] / "reference" / "vsp_official_ref.py"
 CFG = VSPConfig(steps=4, guidance=7.0, activate_step=2, color_cal_start_t=600, color_cal_window_size=400)
 PROMPT = "a cat"
-
-
-def _image(rng: np.random.Generator) -> np.ndarray:
-    x = np.linspace(0, 1, 16)
-    base = np.stack([np.outer(x, 1 - x), np.outer(1 - x, x), np.outer(x, x)], -1)
-    image = base * 255 * rng.uniform(0.5, 1.5, (1, 1, 3)) + rng.normal(0, 20, (16, 16, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +104,10 @@ def test_inject_and_bad_inputs(setup, tmp_path):
                     reference_rule="first", size=16, guidance=1.0, seed=0, obj="Cat", reference_count="2")
     image, info = inject(pipe, job)
     assert image.shape == (16, 16, 3) and info == {"reference": "r0.png,r1.png"}
-    with pytest.raises(InputError, match="--reference-size must be auto or 16"):
-        inject(pipe, InjectJob(**{**job.__dict__, "reference_size": "native"}))
+    native, _ = inject(pipe, InjectJob(**{**job.__dict__, "reference_size": "native"}))  # 16 px files: the same
+    assert np.array_equal(native, image)
+    with pytest.raises(InputError, match="must be 16x16"):
+        inject(pipe, InjectJob(**{**job.__dict__, "reference_size": "24"}))
 
 
 def _softmax_attention(q, k, v, scale):
