@@ -198,10 +198,10 @@ def inject(pipe, job) -> tuple[np.ndarray, dict]:
 
     refs = choose_references(job.content, job.references, job.reference_rule, parse_count(job.reference_count),
                              seed=job.seed, style=job.style, prompt=job.obj)
-    size = parse_size(job.reference_size, job.size)
-    if size != job.size:
-        raise InputError(f"VSP denoises the reference in the image's batch: --reference-size must be auto or "
-                         f"{job.size} (--size), got {job.reference_size}")
-    images = np.stack([read_reference(r, size) for r in refs])
+    images = [read_reference(r, parse_size(job.reference_size, job.size)) for r in refs]
+    if any(im.shape[:2] != (job.size, job.size) for im in images):
+        raise InputError(f"VSP denoises the references in the image's batch: they must be {job.size}x{job.size} "
+                         f"(--size); use --reference-size auto or {job.size}, not {job.reference_size}")
+    images = np.stack(images)
     image = vsp(pipe, images, job.prompt, job.settings, seed=job.seed, size=job.size)[0]
     return image, {"reference": ",".join(r.name for r in refs)}
