@@ -116,7 +116,7 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
             row(f"styleid 96x80 {label}", [stylize(pipe, c[None], features, cfg)[0] for c in base], t0)
     for nvqg in (False, True):
         t0 = time.time()
-        vcfg = VSPConfig(steps=args.steps, nvqg=nvqg)
+        vcfg = VSPConfig(steps=args.steps, variant="nvqg" if nvqg else "vsp")
         row("vsp nvqg" if nvqg else "vsp", list(vsp(pipe, reference[None], [f"a {o}" for o in objs], vcfg,
                                                      seed=args.seed, size=args.size)), t0)
     init = mean_image(paths, args.size)

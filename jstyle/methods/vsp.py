@@ -26,7 +26,7 @@ official script captions the reference with BLIP-2, which jstyle does not ship);
 generator (the official reference noise is unseeded); the reference is read at the run's size (official: 1024,
 SDXL's).
 
-Negative visual query guidance (`nvqg`, StyleKeeper, Jeong et al., ICCV 2025): the paper's equations were not in
+Negative visual query guidance (variant `nvqg`, StyleKeeper, Jeong et al., ICCV 2025): the paper's equations were not in
 the stored pages this was written from; its abstract says NVQG "employs negative score by intentionally simulating
 content leakage scenarios that swap queries instead of key and values of self-attention layers from visual style
 prompts", and StyleKeeper's code (naver-ai/StyleKeeper @ ac1219c) is VSP's without it. jstyle follows the one
@@ -67,14 +67,17 @@ class VSPConfig:
                                                                   "(--color_cal_start_t)"})
     color_cal_window_size: int = field(default=50, metadata={"help": "VSP colour calibration window: timesteps "
                                                                      "above start - window (0 = off)"})
-    nvqg: bool = field(default=False, metadata={"help": "VSP with negative visual query guidance (StyleKeeper's "
-                                                        "idea as a third-party replication reads it; see the module)"})
+    variant: str = field(default="vsp", metadata={"help": "vsp (the official code) or nvqg (with negative visual "
+                                                          "query guidance, StyleKeeper's idea as a third-party "
+                                                          "replication reads it; see jstyle/methods/vsp.py)"})
     reference_prompt: str = ""  # the reference row's cond prompt (official: a BLIP-2 caption of the reference)
     layers: tuple[str, ...] | None = None  # module prefixes of the swapped attn1 layers (None: vsp_layers' rule)
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not 1 <= int(self.steps) <= 1000:
             raise ConfigError(f"VSP steps must be in 1..1000, got {self.steps}")
+        if self.variant not in ("vsp", "nvqg"):
+            raise ConfigError(f"VSP variant '{self.variant}' unknown; use vsp or nvqg")
         if self.guidance < 0 or self.color_cal_window_size < 0 or self.activate_step < -1:
             raise ConfigError("VSP guidance, color_cal_window_size must be >= 0 and activate_step >= -1")
 
@@ -148,7 +151,7 @@ def vsp_latents(pipe, references: np.ndarray, prompt: str, latents: jt.Var, nois
     empty, text = pipe.encode_prompt(""), pipe.encode_prompt([cfg.reference_prompt, prompt])
     context = jt.concat([empty] * (k + b) + [text[:1]] * k + [text[1:]] * b)  # [uncond rows; cond rows]
     layers = vsp_layers(pipe.unet, cfg.layers)
-    swappers = [VSPProcessor(name, k, negative_query=cfg.nvqg) for name in layers]
+    swappers = [VSPProcessor(name, k, negative_query=cfg.variant == "nvqg") for name in layers]
     (end, start), acp = cfg.calibration, scheduler.alphas_cumprod
     with jt.no_grad(), _hooked(pipe.unet, swappers):
         for i, t in enumerate(int(t) for t in scheduler.timesteps):

@@ -18,7 +18,7 @@ class VSPProcessor(AttnProcessor):
 
     negative_query: the uncond chunk's image rows instead attend with the reference rows' queries to their own keys
     and values (the mean over k references): the uncond prediction becomes the negative visual query score
-    (jstyle.methods.vsp, `nvqg`)."""
+    (jstyle.methods.vsp, variant `nvqg`)."""
 
     max_scores: int = MAX_SCORES  # attention scores per chunk (attend_in_chunks)
 
