@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent
 # DiffStyle's 20 steps share only label 999 with its 50-step replace schedule: content_replace_step 0 injects on all
 # the demo's checker has random-weight backbones: --method auto selects by hist, the one metric without a backbone
 DEMO = dict(method="styleid_dreambooth", devices="cpu", size=64, steps=20, train_steps=200, styleid_steps=20,
-            diffstyle_steps=20, diffstyle_content_replace_step=0, sdedit_steps=20, styleblend_steps=20, guidance=5.0,
-            random_weights=True, select_by="hist")
+            diffstyle_steps=20, diffstyle_content_replace_step=0, sdedit_steps=20, styleblend_steps=20, vsp_steps=20,
+            guidance=5.0, random_weights=True, select_by="hist")
 DEMO_MODEL = ROOT / "demo" / "model"  # made by scripts/train_demo_model.py
 HELP_ONLY = ("demo", "config", "no_progress", "no_check", "no_package", "list_recipes")  # not run settings
 CONFIG_ONLY = ("train_settings",)  # --config keys without a flag: LoRATrainConfig fields over the preset
@@ -91,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="LoRA training recomputes UNet blocks in the backward pass (less memory; same LoRA)")
     p.add_argument("--reference", choices=REFERENCE_RULES, help="reference image for injection" + dflt("reference"))
+    p.add_argument("--references", metavar="K|all", help="reference images pooled by the injection (StyleID, VSP): "
+                   "the rule's first K, or all; their keys and values concatenated, AdaIN over their pooled "
+                   "statistics" + dflt("references"))
+    p.add_argument("--reference-size", metavar="native|N|auto", help="how references are read: native (own size, "
+                   "no crop), N (centre square resized to N), auto (as the method's source: native for StyleID's "
+                   "diffusers variant, else --size)" + dflt("reference_size"))
     p.add_argument("--retries", type=int, help="retries of a failed task" + dflt("retries"))
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to <out>/logs)")
     p.add_argument("--no-check", action="store_true", help="with --demo: skip scoring")

@@ -1,9 +1,10 @@
 """Peak memory and wall time of each style method on the tiny random model (one subprocess per method,
 so each peak is its own), plus the StyleID feature cache at 512 px on the SD 2.1 architecture computed
 from the shapes (what StyleID keeps: the style's K and V and each content image's Q, per injected
-layer and timestep; nothing goes to disk).
+layer and timestep; nothing goes to disk), and what k references (--references) and native-size ones cost.
 
     source envs/env.sh && $JSTYLE_PYTHON bench/methods_memory.py [--size 64] [--steps 10]
+    $JSTYLE_PYTHON bench/methods_memory.py --references      (only the k-references table, no model run)
     $JSTYLE_PYTHON bench/methods_memory.py --one styleid --model DIR --size 512 --steps 50 --device cuda \
         --dtype float16 --json        (one method on a given model: bench/gpu_check.sh's StyleID timing)
 """
@@ -90,14 +91,50 @@ def styleblend_memory_gb(size: int = 512, rows: int = 4, bytes_per: int = 2, vae
     return {**parts, "total": sum(parts.values())}
 
 
+# StyleID diffusers variant's injected layers on SD 2.1: LDM output blocks 7-11 = up_blocks[2].attentions[1..2]
+# (latent / 2 per side) and up_blocks[3].attentions[0..2] (latent per side); (up-block, attentions, heads)
+DIFFUSERS_LAYERS = ((2, 2, 10), (3, 3, 5))
+
+
+def references_memory(k: int, ref_px: int, size: int = 512, steps: int = 20, bytes_per: int = 2) -> dict:
+    """GB of what k pooled references of ref_px x ref_px cost StyleID's diffusers variant on SD 2.1, from the tensor
+    sizes: their K and V kept per injected layer and step (`kv_gb`), and the largest attention score matrix of one
+    injected call, batch 1 (`scores_gb`: the content's tokens x all references' tokens x heads)."""
+    channels = list(reversed(UNET["block_out_channels"]))
+    kv = scores = 0
+    for block, n_attn, heads in DIFFUSERS_LAYERS:
+        div = 16 if block == 2 else 8
+        tokens_ref, tokens_content = (ref_px // div) ** 2, (size // div) ** 2
+        kv += 2 * n_attn * k * tokens_ref * channels[block]  # K and V, tokens x width, per layer
+        scores = max(scores, heads * tokens_content * k * tokens_ref)
+    return dict(kv_gb=kv * steps * bytes_per / 1e9, scores_gb=scores * bytes_per / 1e9)
+
+
+def print_references_memory() -> None:
+    from jstyle.methods.styleid_processors import MAX_SCORES
+
+    print("StyleID (diffusers variant, 20 steps) with k references on SD 2.1, 512 px content, from the tensor sizes;"
+          f" fp16 / fp32 GB; attention runs in query chunks above {MAX_SCORES * 4 / 2**30:.0f} GiB of fp32 scores")
+    print(f"{'k':>3} {'reference':>9} {'K,V kept fp16':>14} {'fp32':>7} {'scores/call fp16':>17} {'fp32':>7}")
+    for k in (1, 3, 10):
+        for px in (512, 1024):
+            h, f = references_memory(k, px), references_memory(k, px, bytes_per=4)
+            print(f"{k:>3} {px:>7}px {h['kv_gb']:>14.2f} {f['kv_gb']:>7.2f} {h['scores_gb']:>17.2f} "
+                  f"{f['scores_gb']:>7.2f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--one", choices=METHODS, help="run this method only (on --model)")
     p.add_argument("--model", type=Path, help="with --one: a diffusers SD folder")
+    p.add_argument("--references", action="store_true", help="print only the memory of k references / native size")
     device_args(p)
     args = p.parse_args()
+    if args.references:
+        print_references_memory()
+        return 0
     if args.one:
         if args.model is None:
             p.error("--one needs --model DIR")
@@ -123,6 +160,7 @@ def main() -> int:
         print(f"StyleBlend at {size} px, SD 2.1, {'fp16' if nbytes == 2 else 'fp32'} (4 rows: two branches x CFG): "
               f"{m['total']:.1f} GB expected = weights {m['weights']:.1f} + largest attention {m['attention']:.1f} "
               f"+ VAE decode of 2 images {m['vae_decode']:.1f}")
+    print_references_memory()
     return 0
 
 

@@ -11,6 +11,11 @@ and the seconds per style (LoRA training included where a recipe trains one). Ro
   base                 "a {obj}", the base model (no style: the floor)
   styleid g=.. T=..    StyleID of the base image with the style's first reference
   diffstyle g=..       DiffStyle (h-space) of the base image with the same reference
+  styleid k=3          StyleID (gamma 0.75, T 1.5) with the style's 3 references pooled (--references 3)
+  styleid 96x80 ...    StyleID from the first reference enlarged to 96x80 at run time (demo references are 64 px),
+                       read at its own size (--reference-size native) or centre-cropped and resized to --size
+  vsp / vsp nvqg       Visual Style Prompting text-to-image of "{obj}" with the first reference (official settings:
+                       CFG 7, every step swapped, colour calibration), without / with negative visual query guidance
   dreambooth <recipe>  "{obj} in style_NN" (run_all's prompt) with the style's LoRA (recipe: a jstyle.training
                        preset as run_all trains it, or 'demo' = rank 8, lr 1e-3, "{obj} in style_NN" captions)
   sdedit <recipe>      img2img from the mean reference image with that LoRA (strength --strength)
@@ -61,8 +66,10 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
     from jstyle import lora as L
     from jstyle.io import read_rgb
     from jstyle.methods.diffstyle import DiffStyleConfig, diffstyle
+    from jstyle.methods.reference import read_reference
     from jstyle.methods.sdedit import img2img, mean_image
-    from jstyle.methods.styleid import StyleIDConfig, invert_style, stylize
+    from jstyle.methods.styleid import StyleIDConfig, invert_style, pool_features, stylize
+    from jstyle.methods.vsp import VSPConfig, vsp
     from jstyle.train_lora import train_lora
 
     paths = sorted(p for p in (style_dir / "images").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -110,6 +117,24 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
         cfg = DiffStyleConfig(gamma=gamma, t_boost=0, steps=args.steps, inv_steps=args.steps, content_replace_step=0,
                               seed=args.seed)
         row(f"diffstyle g={gamma}", [diffstyle(pipe, c[None], reference, cfg)[0] for c in base], t0)
+    t0 = time.time()
+    pooled = pool_features([invert_style(pipe, read_rgb(p, args.size), scfg) for p in paths[:3]])
+    cfg = StyleIDConfig(steps=args.steps, start_step=args.steps - 1)
+    row("styleid k=3 g=0.75 T=1.5", [stylize(pipe, c[None], pooled, cfg)[0] for c in base], t0)
+    with tempfile.TemporaryDirectory() as tmp:  # a reference of another size than the demo's 64 px
+        from PIL import Image
+
+        big = Path(tmp) / "ref96x80.png"
+        Image.fromarray(read_rgb(paths[0])).resize((96, 80), Image.BICUBIC).save(big)
+        for label, ref_size in (("native", None), (f"resized {args.size}", args.size)):
+            t0 = time.time()
+            features = invert_style(pipe, read_reference(big, ref_size), cfg)
+            row(f"styleid 96x80 {label}", [stylize(pipe, c[None], features, cfg)[0] for c in base], t0)
+    for nvqg in (False, True):
+        t0 = time.time()
+        vcfg = VSPConfig(steps=args.steps, variant="nvqg" if nvqg else "vsp")
+        row("vsp nvqg" if nvqg else "vsp", list(vsp(pipe, reference[None], [f"a {o}" for o in objs], vcfg,
+                                                     seed=args.seed, size=args.size)), t0)
     init = mean_image(paths, args.size)
     for recipe in recipes if "lora" in groups else ():
         t0 = time.time()

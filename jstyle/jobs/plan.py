@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..methods import registry
 from .graph import Task, TaskGraph
 
@@ -67,6 +67,8 @@ class RunConfig:
     train_size: int | None = None  # None = size
     gradient_checkpointing: bool = False  # LoRA training: recompute UNet blocks (less memory, same result)
     reference: str = "first"  # which reference image the injection uses: first | nearest | random
+    references: str = "1"  # how many reference images the injection pools: k or all (StyleID, VSP)
+    reference_size: str = "auto"  # references read at native size, N px, or auto (the method's source reading)
     devices: str = "auto"
     backend: str = "local"
     address: str | None = None
@@ -87,6 +89,15 @@ class RunConfig:
         method = None if self.method == AUTO else registry.get(self.method)
         if self.reference not in REFERENCE_RULES:
             raise ConfigError(f"--reference {self.reference!r}: use one of {', '.join(REFERENCE_RULES)}")
+        from ..methods.reference import parse_count, parse_size
+
+        object.__setattr__(self, "references", str(self.references).strip().lower())
+        object.__setattr__(self, "reference_size", str(self.reference_size).strip().lower())
+        try:
+            parse_count(self.references)
+            parse_size(self.reference_size, None)
+        except InputError as e:
+            raise ConfigError(str(e)) from None
         if self.prompt_template is not None:
             try:
                 self.prompt_template.format(**{k: "x" for k in registry.PROMPT_FIELDS})

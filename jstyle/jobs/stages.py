@@ -124,7 +124,8 @@ def styled_image(cfg: RunConfig, style: str, obj: str, content: np.ndarray | Non
                     reference_rule=cfg.reference, size=cfg.size, guidance=cfg.guidance,
                     seed=cfg.inference_seed(style), noise=cfg.noise_seed(style, obj), obj=obj, cache=ctx.cache,
                     scheduler=scheduler_name(cfg.scheduler, pipe.scheduler_config),
-                    lora_dir=(ctx.out_dir / cfg.lora_file(style)).parent if method.trains else None)
+                    lora_dir=(ctx.out_dir / cfg.lora_file(style)).parent if method.trains else None,
+                    reference_count=cfg.references, reference_size=cfg.reference_size)
     return method.inject_function()(pipe, job)
 
 

@@ -10,7 +10,8 @@ from ..data import image_key
 from ..errors import InputError
 from ..io import read_rgb
 
-__all__ = ["RULES", "colour_signature", "random_index", "choose_reference"]
+__all__ = ["RULES", "colour_signature", "random_index", "choose_reference", "choose_references", "parse_count",
+           "parse_size", "read_reference"]
 
 RULES = ("first", "nearest", "random")
 
@@ -29,6 +30,39 @@ def random_index(n: int, seed: int, style: str, prompt: str) -> int:
     draw does not depend on task order or worker (tests/reference/jstyleid_ref.py::pick_reference)."""
     # index = default_rng([seed, crc32(style), crc32(prompt)]).integers(0, n), crc32 of the UTF-8 bytes
     return int(np.random.default_rng(image_key(seed, style, prompt)).integers(0, n))
+
+
+def parse_count(value: str | int | None) -> int | None:
+    """--references: a count k >= 1, or 'all' (None)."""
+    if value is None or str(value).strip().lower() == "all":
+        return None
+    try:
+        k = int(str(value).strip())
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise InputError(f"--references {value!r}: use a count >= 1 or all")
+    return k
+
+
+def choose_references(content: np.ndarray | None, references: list[Path], rule: str = "first", k: int | None = 1,
+                      *, seed: int = 0, style: str = "", prompt: str = "") -> list[Path]:
+    """k references (None: all of them), the one `choose_reference` picks first; then, by rule, the next in sorted
+    order ('first'), the next closest in colour ('nearest'), or a seeded permutation of the rest ('random')."""
+    first = choose_reference(content, references, rule, seed=seed, style=style, prompt=prompt)
+    refs = sorted(Path(p) for p in references)
+    k = len(refs) if k is None else min(k, len(refs))
+    if k == 1:
+        return [first]
+    rest = [p for p in refs if p != first]
+    if rule == "nearest":
+        target = colour_signature(content)
+        rest.sort(key=lambda p: float(np.linalg.norm(colour_signature(read_rgb(p)) - target)))
+    elif rule == "random":  # the same generator's next draw after the first reference's index
+        rng = np.random.default_rng(image_key(seed, style, prompt))
+        rng.integers(0, len(refs))
+        rest = [rest[i] for i in rng.permutation(len(rest))]
+    return [first, *rest[:k - 1]]
 
 
 def choose_reference(content: np.ndarray | None, references: list[Path], rule: str = "first", *, seed: int = 0,
@@ -51,3 +85,29 @@ def choose_reference(content: np.ndarray | None, references: list[Path], rule: s
     target = colour_signature(content)
     dists = [float(np.linalg.norm(colour_signature(read_rgb(p)) - target)) for p in refs]
     return refs[int(np.argmin(dists))]
+
+
+def parse_size(value: str | int | None, auto: int | None) -> int | None:
+    """--reference-size: 'native' (None: the file's own size), a size N in pixels, or 'auto' (the method's source
+    reading, `auto`)."""
+    text = str(value).strip().lower() if value is not None else "auto"
+    if text == "auto":
+        return auto
+    if text == "native":
+        return None
+    if not text.isdigit() or int(text) <= 0 or int(text) % 8:
+        raise InputError(f"--reference-size {value!r}: use native, auto or a positive multiple of 8")
+    return int(text)
+
+
+def read_reference(path: str | Path, size: int | None) -> np.ndarray:
+    """A reference image as a method reads it: centre square resized to size x size (jstyle.io.read_rgb), or with
+    size None at its own size, no crop, as StyleID's diffusers code reads it (cv2.imread(path)[:, :, ::-1],
+    run_styleid_diffusers.py); the one change: sides are trimmed at the bottom / right to a multiple of 8 (the
+    VAE's stride; the official code has no such step and fails on such sizes)."""
+    image = read_rgb(path, size)
+    if size is None:
+        image = image[:image.shape[0] // 8 * 8, :image.shape[1] // 8 * 8]
+        if image.size == 0:
+            raise InputError(f"{path}: smaller than 8x8 pixels; use a larger reference image")
+    return image

@@ -89,6 +89,8 @@ class InjectJob:
     cache: dict[Any, Any] = field(default_factory=dict)  # lives as long as the worker (inversions, means)
     scheduler: str = "ddim"  # the run's sampler (jstyle.schedulers.SCHEDULERS) for text-to-image and SDEdit
     lora_dir: Path | None = None  # the folder of the style's trained LoRA (a method's own training files beside it)
+    reference_count: str = "1"  # --references: how many references the injection uses, k or "all"
+    reference_size: str = "auto"  # --reference-size: native, N pixels, or auto (the method's source reading)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            inject="jstyle.methods.styleblend:inject", settings="jstyle.methods.styleblend:StyleBlendConfig",
            inject_lora=True, train="jstyle.methods.styleblend:train_stage",
            derive=lambda s, run: dict(seed=run.seed, train_steps=run.train_steps)),
+    # Visual Style Prompting: no content stage, its inject stage is the text-to-image (jstyle.methods.vsp)
+    Method("vsp", "text-to-image whose last up-block self-attention takes K, V from the noised reference (VSP)",
+           trains=False, prompt="{obj}", generates=False, inject="jstyle.methods.vsp:inject",
+           settings="jstyle.methods.vsp:VSPConfig"),
 )}
 
 

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = [  # noqa: F822 (RecordProcessor, InjectProcessor: module __getattr__)
     "StyleIDConfig", "StyleFeatures", "RecordProcessor", "InjectProcessor", "VARIANTS", "adain", "resolve_layers",
-    "official_layers", "inversion_steps", "sampling_timesteps", "injected_labels", "invert_style", "stylize",
-    "stylize_latents", "main",
+    "official_layers", "inversion_steps", "sampling_timesteps", "injected_labels", "invert_style", "pool_features",
+    "stylize", "stylize_latents", "reference_size", "main",
 ]
 
 # The official defaults of each variant (docs/methods-sources.md): DDIM steps, noisiest steps not sampled
@@ -234,6 +234,27 @@ class StyleFeatures:
     latent: jt.Var | None  # inverted style latent at the start timestep [1, C, h, w] (None: unused)
     kv: dict = field(repr=False)  # {timestep: {layer: {'k': Var, 'v': Var}}}
     key: tuple  # (variant, steps, start_step, layers) it was computed for
+
+
+def pool_features(features: list[StyleFeatures]) -> StyleFeatures:
+    """Several references' inversions as one style: K and V concatenated along the token axis per timestep and
+    layer (attention over all references' tokens), the latents' tokens concatenated (AdaIN over their pooled
+    per-channel statistics). One reference is returned as it is."""
+    import jittor as jt
+
+    if not features:
+        raise InputError("no style features to pool")
+    if len(features) == 1:
+        return features[0]
+    if len({f.key for f in features}) != 1:
+        raise ConfigError("style features made with different settings cannot be pooled")
+    first = features[0]
+    latent = None
+    if first.latent is not None:  # [1, C, 1, sum h w]: mean_std over (2, 3) pools every reference's positions
+        latent = jt.concat([f.latent.reshape(1, f.latent.shape[1], 1, -1) for f in features], dim=3)
+    kv = {t: {name: {key: jt.concat([f.kv[t][name][key] for f in features], dim=1) for key in first.kv[t][name]}
+              for name in first.kv[t]} for t in first.kv}
+    return StyleFeatures(latent, kv, first.key)
 
 
 def _settings_key(cfg: StyleIDConfig, layers: list[str]) -> tuple:
@@ -431,21 +452,32 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------- run_all's inject stage
 
 
+def reference_size(cfg: StyleIDConfig, job) -> int | None:
+    """The reference's pixel size (None: native) for --reference-size auto: the variant's source reading, native
+    for `diffusers` (cv2.imread, run_styleid_diffusers.py), the run's size for `paper` (load_img: crop, 512)."""
+    from .reference import parse_size
+
+    return parse_size(job.reference_size, None if cfg.variant == "diffusers" else job.size)
+
+
 def inject(pipe, job) -> tuple[np.ndarray, dict]:
     """run_all's inject stage (a jstyle.methods.registry.InjectJob): StyleID of the content with the reference
-    image the job's rule picks; the style's inversion is kept in job.cache for the next prompt of the style."""
-    from ..io import read_rgb
-    from .reference import choose_reference
+    images the job's rule and --references pick (their inversions pooled); each inversion is kept in job.cache
+    for the style's next prompt."""
+    from .reference import choose_references, parse_count, read_reference
 
-    ref = choose_reference(job.content, job.references, job.reference_rule, seed=job.seed, style=job.style,
-                           prompt=job.obj)
-    key = ("styleid", str(ref), job.size, job.settings)
-    if key not in job.cache:  # one inversion kept at a time: the previous style's goes
-        for old in [k for k in job.cache if isinstance(k, tuple) and k[0] == "styleid"]:
-            del job.cache[old]
-        job.cache[key] = invert_style(pipe, read_rgb(ref, job.size), job.settings)
-    return stylize(pipe, job.content[None], job.cache[key], job.settings, np.random.default_rng(job.noise))[0], \
-        {"reference": ref.name}
+    refs = choose_references(job.content, job.references, job.reference_rule, parse_count(job.reference_count),
+                             seed=job.seed, style=job.style, prompt=job.obj)
+    size = reference_size(job.settings, job)
+    keys = [("styleid", str(ref), size, job.settings) for ref in refs]
+    for old in [k for k in job.cache if isinstance(k, tuple) and k[0] == "styleid" and k not in keys]:
+        del job.cache[old]  # inversions of references this prompt does not use go
+    for key, ref in zip(keys, refs):
+        if key not in job.cache:
+            job.cache[key] = invert_style(pipe, read_reference(ref, size), job.settings)
+    style = pool_features([job.cache[k] for k in keys])
+    return stylize(pipe, job.content[None], style, job.settings, np.random.default_rng(job.noise))[0], \
+        {"reference": ",".join(r.name for r in refs)}
 
 
 if __name__ == "__main__":

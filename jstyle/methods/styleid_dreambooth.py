@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import NOISE_STREAM, image_key
-from ..io import read_rgb
-from .reference import choose_reference
+from .reference import choose_reference, read_reference
 from .styleid import StyleIDConfig, invert_style, stylize
 
 __all__ = ["styleid_dreambooth", "jstyleid", "JSTYLEID", "JSTYLE_PROMPT"]
@@ -47,12 +46,13 @@ JSTYLEID = dict(
 def styleid_dreambooth(pipe, lora_file: str | Path, prompts: Sequence[str], references: Sequence[str | Path],
                        style_id: str, cfg: StyleIDConfig | None = None, rule: str = "first", size: int = 512,
                        num_inference_steps: int = 25, guidance_scale: float = 7.5, seed: int = 0,
-                       template: str = JSTYLE_PROMPT) -> list[np.ndarray]:
+                       template: str = JSTYLE_PROMPT, reference_size: int | None | str = "size") -> list[np.ndarray]:
     """One uint8 [size, size, 3] image per object word in `prompts`; the pipeline is left without a LoRA.
 
     `template` makes the content prompt ({obj}: the object word, {style}: style_id); each content image's
     start latents come from its own default_rng(image_key(seed, style_id, object word, NOISE_STREAM)), as run_all
-    draws them."""
+    draws them. References are read at `reference_size` ("size": `size`; None: native,
+    jstyle.methods.reference.read_reference)."""
     from .. import lora as L
 
     cfg = StyleIDConfig() if cfg is None else cfg
@@ -69,7 +69,8 @@ def styleid_dreambooth(pipe, lora_file: str | Path, prompts: Sequence[str], refe
     for prompt, content in zip(prompts, contents):
         ref = choose_reference(content, [Path(r) for r in references], rule, seed=seed, style=style_id, prompt=prompt)
         if ref not in features:
-            features[ref] = invert_style(pipe, read_rgb(ref, size), cfg)
+            ref_size = size if reference_size == "size" else reference_size
+            features[ref] = invert_style(pipe, read_reference(ref, ref_size), cfg)
         out.append(stylize(pipe, content[None], features[ref], cfg)[0])
     return out
 
@@ -78,8 +79,9 @@ def jstyleid(pipe, lora_file: str | Path, prompts: Sequence[str], references: Se
              seed: int = 0, size: int = 512, num_inference_steps: int = 50, styleid_steps: int | None = None
              ) -> list[np.ndarray]:
     """The JStyleID seed's pipeline (JSTYLEID): bare prompt with the LoRA, CFG 7.5, then StyleID `diffusers` with
-    the seeded random reference per prompt. Step counts are parameters only to keep tests small."""
+    the seeded random reference per prompt, read at its own size (cv2.imread, as the official diffusers StyleID;
+    run_all's --reference-size auto). Step counts are parameters only to keep tests small."""
     cfg = StyleIDConfig(variant="diffusers", steps=styleid_steps)
     return styleid_dreambooth(pipe, lora_file, prompts, references, style_id, cfg, rule="random", size=size,
                               num_inference_steps=num_inference_steps, guidance_scale=7.5, seed=seed,
-                              template="{obj}")
+                              template="{obj}", reference_size=None)

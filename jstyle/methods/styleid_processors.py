@@ -11,7 +11,30 @@ import jittor as jt
 from ..errors import InputError
 from ..models.attention import Attention, AttnProcessor
 
-__all__ = ["RecordProcessor", "InjectProcessor"]
+__all__ = ["RecordProcessor", "InjectProcessor", "attend_in_chunks", "MAX_SCORES"]
+
+# Attention scores one chunk may hold (2**28 float32 = 1 GiB): above it, queries are taken in chunks
+MAX_SCORES = 2**28
+
+
+def attend_in_chunks(attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None,
+                     kernel: str | None, scale: float, max_scores: int = MAX_SCORES) -> jt.Var:
+    """softmax(s Q K^T + mask) V with queries in row chunks of at most `max_scores` scores each (B heads rows M),
+    each chunk run before the next: the same rows (a softmax row needs only its own scores) in bounded memory,
+    for attention over many style tokens (k references, native-size references)."""
+    b, h, n, _ = query.shape
+    m = key.shape[2]
+    rows = max(1, max_scores // max(1, b * h * m))
+    if rows >= n:
+        return attn.attend(query, key, value, mask, kernel=kernel, scale=scale)
+    chunks = []
+    for i in range(0, n, rows):
+        part = None if mask is None or mask.shape[-2] == 1 else mask[..., i:i + rows, :]
+        out = attn.attend(query[:, :, i:i + rows], key, value, mask if part is None else part, kernel=kernel,
+                          scale=scale)
+        out.sync()
+        chunks.append(out)
+    return jt.concat(chunks, dim=2)
 
 
 def _self_attention_only(encoder_hidden_states: jt.Var | None) -> None:
@@ -44,6 +67,8 @@ class InjectProcessor(AttnProcessor):
     `timestep` before each UNet call. Only at the timesteps in `labels` (None: all); elsewhere plain attention.
     """
 
+    max_scores: int = MAX_SCORES  # attention scores per chunk (attend_in_chunks)
+
     def __init__(self, name: str, content: dict, style: dict, gamma: float, temperature: float,
                  labels: set[int] | None = None):
         self.name, self.content, self.style, self.labels = name, content, style, labels
@@ -60,7 +85,7 @@ class InjectProcessor(AttnProcessor):
         return q, kv["k"], kv["v"]  # K, V: batch 1 broadcasts
 
     def attend(self, attn: Attention, query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> jt.Var:
-        """softmax(T Q K^T / sqrt(d) + mask) V (T only where injected)."""
+        """softmax(T Q K^T / sqrt(d) + mask) V (T only where injected), in query chunks above `max_scores` scores."""
         scale = attn.scale * (self.temperature if self.active else 1.0)
-        return attn.attend(query, key, value, mask, kernel=self.kernel, scale=scale)
+        return attend_in_chunks(attn, query, key, value, mask, self.kernel, scale, self.max_scores)
 
