@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from jstyle.data import list_styles, read_prompts
     from jstyle.errors import ConfigError
     from jstyle.jobs import parse_workers, run_graph
+    from jstyle.jobs.auto import build_auto_graph
     from jstyle.jobs.plan import RunConfig, build_graph
     from jstyle.jobs.stages import LOCAL_STAGES
 
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         from jstyle.loading import read_json
 
         scheduler_name(cfg.scheduler, read_json(Path(cfg.model) / "scheduler" / "scheduler_config.json"))
-    graph = build_graph(cfg, {st: read_prompts(data / st) for st in styles})
+    graph = (build_auto_graph if cfg.auto else build_graph)(cfg, {st: read_prompts(data / st) for st in styles})
     workers = parse_workers(cfg.devices)
     label = f"{cfg.method} (recipe {cfg.recipe})" if cfg.recipe else cfg.method
     print(f"{label}: {len(styles)} styles, {len(graph)} tasks on {', '.join(workers)} -> {out} "

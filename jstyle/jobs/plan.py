@@ -185,10 +185,9 @@ class RunConfig:
         """The settings that decide the outputs: the manifest's config hash covers exactly these (the method's
         own settings with their defaults filled in; another method's settings change nothing)."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_ONLY and k != "settings"}
-        if self.auto:  # what each candidate runs, its own settings filled in
-            from .auto import candidates
-
-            return {**d, "candidates": {c.spec: c.cfg.hashed() for c in candidates(self)}}
+        if self.auto:  # what the candidates run: their specs over the run's settings (jstyle.jobs.auto)
+            return {**d, "candidates": list(self.candidates or registry.default_candidates()),
+                    "settings": dict(sorted(self.settings.items()))}
         d = {k: v for k, v in d.items() if k not in AUTO_FIELDS}
         settings = self.method_entry.settings_class()
         for s in registry.settings_of(settings) if settings else ():
@@ -304,11 +303,10 @@ def final_path(style: str, prompt: str) -> str:
 
 
 def build_graph(cfg: RunConfig, prompts: dict[str, list[str]]) -> TaskGraph:
-    """Tasks for {style: [object words]}; each waits only for what it reads."""
+    """Tasks for {style: [object words]}; each waits only for what it reads (--method auto:
+    jstyle.jobs.auto.build_auto_graph)."""
     if cfg.auto:
-        from .auto import build_auto_graph
-
-        return build_auto_graph(cfg, prompts)
+        raise ConfigError("--method auto: its graph is jstyle.jobs.auto.build_auto_graph")
     method = cfg.method_entry
     graph = TaskGraph()
     for style, objs in prompts.items():

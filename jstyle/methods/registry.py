@@ -143,7 +143,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("styleblend", "StyleBlend: a coarse (text LoRA on SDEdit images) and a fine (<F> + UNet LoRA) branch "
            "blended in one batch", trains=True, prompt="{obj}", generates=False,
            inject="jstyle.methods.styleblend:inject", settings="jstyle.methods.styleblend:StyleBlendConfig",
-           inject_lora=True, train="jstyle.methods.styleblend:train_stage",
+           inject_lora=True, train="jstyle.methods.styleblend:train_stage", candidate=False,  # 3 trainings a style
            derive=lambda s, run: dict(seed=run.seed, train_steps=run.train_steps)),
     # Visual Style Prompting: no content stage, its inject stage is the text-to-image (jstyle.methods.vsp)
     Method("vsp", "text-to-image whose last up-block self-attention takes K, V from the noised reference (VSP)",
