@@ -1,6 +1,8 @@
 """What a run does: its settings (RunConfig) and the task graph they imply, per style and prompt.
 
 Stages per style: train its LoRA -> generate content per prompt -> inject the style -> <out>/<style>/<Prompt>.png.
+With lora_scope "joint" one LoRA is trained on every style's references together (each style with its own token,
+"style_NN"), once per run, and every style's tasks wait for it.
 Which stages a method runs, its prompt and its settings come from jstyle.methods.registry (`method_table()`
 prints the table). The "{instance}" prompt is the style LoRA's instance prompt of the training preset
 (jstyle.training.config), so generation asks for what training taught.
@@ -18,18 +20,22 @@ from ..methods import registry
 from .graph import Task, TaskGraph
 
 __all__ = ["RunConfig", "build_graph", "instance_prompt", "scheduler_name", "lora_path", "content_path",
-           "final_path"]
+           "final_path", "LORA_SCOPES", "JOINT"]
 
 REFERENCE_RULES = ("first", "nearest", "random")  # jstyle.methods.reference.RULES
+LORA_SCOPES = ("style", "joint")  # one LoRA per style, or one for all styles (trained once per run)
+JOINT = "joint"  # the joint LoRA's name in task keys and paths: work/joint/lora/
 DTYPES = ("auto", "float32", "float16")  # auto: float16 on CUDA (LoRA training in fp16 mixed precision), else float32
 # settings that do not change any output (left out of the manifest's config hash); a recipe's name is only a label:
 # the hash covers the settings it resolves to, so a recipe and the same settings given as flags resume each other
 RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "gradient_checkpointing", "recipe")
 # LoRATrainConfig fields the run sets itself (train_settings may not): the flag that sets each
-RUN_OWNED_TRAIN = {"style_dir": "--data", "output_dir": "--out", "resolution": "--train-size", "seed": "--seed",
-                   "max_train_steps": "--train-steps", "mixed_precision": "--dtype", "progress": "--no-progress",
+RUN_OWNED_TRAIN = {"style_dir": "--data", "style_dirs": "--data and --lora-scope joint", "output_dir": "--out",
+                   "resolution": "--train-size", "seed": "--seed", "max_train_steps": "--train-steps",
+                   "mixed_precision": "--dtype", "progress": "--no-progress",
                    "gradient_checkpointing": "--gradient-checkpointing", "resume": "(a rerun resumes by itself)",
-                   "checkpointing_steps": "(none)"}
+                   "checkpointing_steps": "(none)", "checkpoints_total_limit": "(none)",
+                   "timestep_sampling": "--timestep-sampling"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class RunConfig:
     recipe: str | None = None  # the jstyle.recipes entry these settings came from (a label, not hashed)
     preset: str = "baseline"  # LoRA training preset: jstyle.training.PRESETS
     train_settings: dict[str, Any] = field(default_factory=dict)  # LoRATrainConfig fields over the preset
+    lora_scope: str = "style"  # LORA_SCOPES: a LoRA per style, or one LoRA for all styles
+    timestep_sampling: str = "uniform"  # LoRA training timesteps: uniform | style-friendly (jstyle.training.timesteps)
     dtype: str = "auto"  # the base model's dtype in every stage (DTYPES)
     size: int = 512  # generation size in pixels (outputs are always saved at 512x512)
     steps: int = 25  # text-to-image steps
@@ -90,6 +98,13 @@ class RunConfig:
             raise ConfigError("--guidance and --retries must be >= 0")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.lora_scope not in LORA_SCOPES:
+            raise ConfigError(f"--lora-scope {self.lora_scope!r}: use one of {', '.join(LORA_SCOPES)}")
+        from ..training.timesteps import TIMESTEP_SAMPLINGS
+
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ConfigError(f"--timestep-sampling {self.timestep_sampling!r}: use one of "
+                              f"{', '.join(TIMESTEP_SAMPLINGS)}")
         if not isinstance(self.train_settings, dict):
             raise ConfigError("train_settings: a JSON object of LoRA training settings ({\"rank\": 32, ...})")
         owned = sorted(set(self.train_settings) & set(RUN_OWNED_TRAIN))
@@ -160,7 +175,7 @@ class RunConfig:
     def train_overrides(self) -> dict[str, Any]:
         """The LoRATrainConfig fields this run gives over its preset (not the per-style paths)."""
         d = {**self.train_settings, "resolution": self.train_size or self.size, "seed": self.seed,
-             "gradient_checkpointing": self.gradient_checkpointing}
+             "gradient_checkpointing": self.gradient_checkpointing, "timestep_sampling": self.timestep_sampling}
         if self.train_steps is not None:
             d["max_train_steps"] = self.train_steps
         return d
@@ -172,6 +187,10 @@ class RunConfig:
         if not style.isdigit():
             raise ConfigError(f"--seed-per-style adds the style's number to the seed; style '{style}' is not a number")
         return self.seed + int(style)
+
+    def lora_name(self, style: str) -> str:
+        """The LoRA `style` is generated with: its own, or the run's joint one (lora_scope "joint")."""
+        return JOINT if self.lora_scope == "joint" else style
 
     def lora_skip(self) -> tuple[str, ...]:
         """Targets of the style LoRA left out at inference (drop_to_out_at_inference: to_out.0)."""
@@ -204,8 +223,9 @@ def instance_prompt(preset: str, style: str, obj: str, train_settings: dict[str,
     return text if has_obj else f"{obj} in {text}"
 
 
-def lora_path(style: str) -> str:
-    return f"work/{style}/lora/pytorch_lora_weights.safetensors"
+def lora_path(name: str) -> str:
+    """A LoRA's file: `name` is a style, or JOINT for the run's one LoRA of every style."""
+    return f"work/{name}/lora/pytorch_lora_weights.safetensors"
 
 
 def content_path(style: str, prompt: str) -> str:
@@ -220,9 +240,14 @@ def build_graph(cfg: RunConfig, prompts: dict[str, list[str]]) -> TaskGraph:
     """Tasks for {style: [object words]}; each waits only for what it reads."""
     method = cfg.method_entry
     graph = TaskGraph()
+    joint = method.trains and cfg.lora_scope == "joint"
+    if joint:  # one train task on every style's references
+        graph.add(Task(f"{JOINT}/train", "train", JOINT, outputs=(lora_path(JOINT),)))
     for style, objs in prompts.items():
         train = None
-        if method.trains:
+        if joint:
+            train = f"{JOINT}/train"
+        elif method.trains:
             train = graph.add(Task(f"{style}/train", "train", style, outputs=(lora_path(style),))).key
         for obj in objs:
             after = (train,) if train else ()
