@@ -3,13 +3,15 @@
 `execute(task, ctx)` is the function the workers call. The stages are the same for every method; what
 differs (LoRA or not, the prompt, the inject function and its settings) comes from the method's
 jstyle.methods.registry entry. The base pipeline is loaded once per worker process and kept in ctx.cache;
-LoRAs are switched per style without reloading it, and an inject function may keep per-style work (a
-StyleID inversion, SDEdit's mean image) in the same cache for the style's next prompt.
+LoRAs are switched per style (or one joint LoRA serves every style) without reloading it, and an inject
+function may keep per-style work (a StyleID inversion, SDEdit's mean image) in the same cache for the style's
+next prompt.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,8 +97,6 @@ def train_config(cfg: RunConfig, name: str, out_dir: Path, base_dtype: str) -> L
 
 def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
     """Train the task's LoRA (a style's, or the joint one), from its newest checkpoint when a killed run left one."""
-    import shutil
-
     from ..train_lora import train_lora
     from ..training.trainer import CHECKPOINT_DIR, resumable_checkpoint
 
