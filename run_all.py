@@ -1,5 +1,5 @@
-"""The whole job: per style, train its LoRA -> generate content per prompt -> inject the style ->
-<out>/<style>/<Prompt>.png (512x512 RGB), on one or many GPUs (or CPU workers), resumable.
+"""The whole job: per style, train its LoRA (or one LoRA for all styles) -> generate content per prompt -> inject
+the style -> <out>/<style>/<Prompt>.png (512x512 RGB), on one or many GPUs (or CPU workers), resumable.
 
 Thin wiring over jstyle.jobs (plan, stages, workers). `--demo` runs everything on the demo model in demo/model
 (a toy trained on shapes and textures at 64 px) with the demo data in demo/data on CPU, then scores with check.sh
@@ -32,8 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import dataclasses
 
     from jstyle import recipes
-    from jstyle.jobs.plan import AUTO, DTYPES, REFERENCE_RULES, SELECT_BY, RunConfig
+    from jstyle.jobs.plan import AUTO, DTYPES, LORA_SCOPES, REFERENCE_RULES, SELECT_BY, RunConfig
     from jstyle.methods import registry
+    from jstyle.training.timesteps import TIMESTEP_SAMPLINGS
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
@@ -88,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "baseline with stock peft)" + dflt("drop_to_out_at_inference"))
     p.add_argument("--train-steps", type=int, help="LoRA steps (default: the preset's, 500 for baseline)")
     p.add_argument("--train-size", type=int, help="LoRA training resolution in pixels (default: --size)")
+    p.add_argument("--lora-scope", choices=LORA_SCOPES, help="style: a LoRA per style; joint: one LoRA trained once "
+                   "on every style's references, each style with its own token (style_NN), then every style "
+                   "generated from it" + dflt("lora_scope"))
+    p.add_argument("--timestep-sampling", choices=TIMESTEP_SAMPLINGS, help="LoRA training timesteps: uniform, or "
+                   "style-friendly (log-SNR ~ N(-6, 2^2), biased to high noise, CVPR 2025)"
+                   + dflt("timestep_sampling"))
     p.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="LoRA training recomputes UNet blocks in the backward pass (less memory; same LoRA)")
     p.add_argument("--reference", choices=REFERENCE_RULES, help="reference image for injection" + dflt("reference"))
@@ -215,9 +222,9 @@ def run(args: argparse.Namespace) -> int:
     if not Path(cfg.model).is_dir():
         raise ConfigError(f"--model {cfg.model}: folder not found")
     if not cfg.auto and cfg.trains:  # the LoRA settings fail here, in one line, not in every train task
-        from jstyle.training import preset
+        from jstyle.jobs.stages import train_config
 
-        preset(cfg.preset, **cfg.train_overrides())
+        train_config(cfg, cfg.lora_name(styles[0]), out, "float32")
     if cfg.scheduler == "model":  # the model's scheduler must be one jstyle has
         from jstyle.jobs.plan import scheduler_name
         from jstyle.loading import read_json

@@ -20,11 +20,17 @@ and the seconds per style (LoRA training included where a recipe trains one). Ro
                        preset as run_all trains it, or 'demo' = rank 8, lr 1e-3, "{obj} in style_NN" captions)
   sdedit <recipe>      img2img from the mean reference image with that LoRA (strength --strength)
   styleid_db <recipe>  StyleID of the LoRA's image with the first reference (run_all's default method)
+  ... <recipe> sf      the dreambooth and sdedit rows with a LoRA trained on style-friendly timesteps (log-SNR ~
+                       N(-6, 2^2), run_all's --timestep-sampling style-friendly), the same steps
+  ... <recipe> joint   ... with one LoRA trained once on every style of --data together, each style with its own
+                       token (run_all's --lora-scope joint), the same steps (so each style gets a third of them
+                       on the 3 demo styles); its training seconds are shared out over the styles
   ti <F>               "A {obj} in the style of <F>." with the base model and a textual-inversion token trained
                        on the references (StyleBlend's fine-style TI settings, --train-steps steps)
   styleblend           StyleBlend's fine branch (jstyle.methods.styleblend; its three trainings --train-steps
                        steps each, the run_all --demo layers and 20 steps)
---groups picks row groups (base, styleid, diffstyle, lora, ti, styleblend); the StyleID and DiffStyle rows need base.
+--groups picks row groups (base, styleid, diffstyle, vsp, lora, ti, styleblend); the StyleID and DiffStyle rows
+need base; --variants picks the lora group's LoRAs (uniform, style-friendly, joint).
 --trained OUT takes the ti and styleblend rows' weights from a `run_all.py --demo --method styleblend --out OUT`
 run (its work/<style>/lora/: the same settings as these rows') instead of training them again: seconds then
 count generation only.
@@ -43,6 +49,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _sd21 import machine_line  # noqa: E402
 
 from tests.style_measures import hist_score, shape_iou  # noqa: E402
 
@@ -51,10 +60,13 @@ DIFFSTYLE = (0.3, 0.6)
 RECIPES = {"demo": dict(rank=8, learning_rate=1e-3, instance_template="{obj} in style_{id}")}
 
 
-def _lora_config(recipe: str, style_dir: Path, out: Path, size: int, steps: int):
+def _lora_config(recipe: str, style_dirs: list[Path], out: Path, size: int, steps: int, sampling: str = "uniform"):
+    """The recipe's LoRA on one style folder, or on several at once (one LoRA, each folder its own token)."""
     from jstyle.training import preset
 
-    base = dict(style_dir=str(style_dir), output_dir=str(out), resolution=size, max_train_steps=steps, progress=False)
+    data = dict(style_dir=str(style_dirs[0])) if len(style_dirs) == 1 else dict(style_dirs=tuple(map(str, style_dirs)))
+    base = dict(**data, output_dir=str(out), resolution=size, max_train_steps=steps, progress=False,
+                timestep_sampling=sampling)
     if recipe in RECIPES:
         return preset("baseline", **base, **RECIPES[recipe])
     if recipe == "strong":  # fewer class images at this size
@@ -62,13 +74,27 @@ def _lora_config(recipe: str, style_dir: Path, out: Path, size: int, steps: int)
     return preset(recipe, **base)
 
 
-def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
+def train_joint(pipe, style_dirs: list[Path], recipes: list[str], out: Path, args) -> dict[str, tuple[Path, float]]:
+    """Per recipe, one LoRA on every style folder together: {recipe: (LoRA file, training seconds)}."""
+    from jstyle import lora as L
+    from jstyle.train_lora import train_lora
+
+    done = {}
+    for recipe in recipes:
+        t0 = time.time()
+        path = train_lora(_lora_config(recipe, style_dirs, out / recipe, args.size, args.train_steps), pipe=pipe)
+        done[recipe] = (path, time.time() - t0)
+        L.unload_lora(pipe)
+    return done
+
+
+def run_style(pipe, style_dir: Path, recipes: list[str], args, joint: dict[str, tuple[Path, float]],
+              n_styles: int) -> list[dict]:
     from jstyle import lora as L
     from jstyle.io import read_rgb
     from jstyle.methods.diffstyle import DiffStyleConfig, diffstyle
-    from jstyle.methods.reference import read_reference
     from jstyle.methods.sdedit import img2img, mean_image
-    from jstyle.methods.styleid import StyleIDConfig, invert_style, pool_features, stylize
+    from jstyle.methods.styleid import StyleIDConfig, invert_style, stylize
     from jstyle.methods.vsp import VSPConfig, vsp
     from jstyle.train_lora import train_lora
 
@@ -93,11 +119,11 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
         ti_row(pipe, style_dir, objs, args, row)
     if "styleblend" in groups:
         styleblend_row(pipe, style_dir, objs, args, row)
-    if "base" not in groups:
-        return rows
-    t0 = time.time()
-    base = txt2img("a {obj}")
-    row("base", base, t0)
+    base = []
+    if "base" in groups:
+        t0 = time.time()
+        base = txt2img("a {obj}")
+        row("base", base, t0)
     reference = read_rgb(paths[0], args.size)
     scfg = StyleIDConfig(steps=args.steps, start_step=args.steps - 1)
 
@@ -109,49 +135,73 @@ def run_style(pipe, style_dir: Path, recipes: list[str], args) -> list[dict]:
             row(f"{label} g={gamma} T={temp}", [stylize(pipe, c[None], features, cfg)[0] for c in contents], t0)
             t0 = time.time()
 
-    if "styleid" in groups:
+    if base and "styleid" in groups:
         styleid_rows(base, "styleid")
-    for gamma in DIFFSTYLE if "diffstyle" in groups else ():
+    for gamma in DIFFSTYLE if base and "diffstyle" in groups else ():
         t0 = time.time()
         # content_replace_step 0: every step >= t_edit injects (20 steps share only 999 with the 50-step default)
         cfg = DiffStyleConfig(gamma=gamma, t_boost=0, steps=args.steps, inv_steps=args.steps, content_replace_step=0,
                               seed=args.seed)
         row(f"diffstyle g={gamma}", [diffstyle(pipe, c[None], reference, cfg)[0] for c in base], t0)
-    t0 = time.time()
-    pooled = pool_features([invert_style(pipe, read_rgb(p, args.size), scfg) for p in paths[:3]])
+    if base and "styleid" in groups:
+        styleid_reference_rows(pipe, paths, base, args, row)
+    for nvqg in (False, True) if "vsp" in groups else ():
+        t0 = time.time()
+        vcfg = VSPConfig(steps=args.steps, variant="nvqg" if nvqg else "vsp")
+        row("vsp nvqg" if nvqg else "vsp", list(vsp(pipe, reference[None], [f"a {o}" for o in objs], vcfg,
+                                                     seed=args.seed, size=args.size)), t0)
+    init = mean_image(paths, args.size)
+
+    def lora_rows(label: str, recipe: str, t0: float):
+        template = "an image of {obj} in style_{id}" if recipe == "strong" else "{obj} in style_{id}"
+        tuned = txt2img(template)
+        row(f"dreambooth {label}", tuned, t0)
+        t0 = time.time()
+        row(f"sdedit {label} s={args.strength}",
+            [img2img(pipe, init, [template.format(obj=o, id=style)], strength=args.strength,
+                     num_inference_steps=args.steps, guidance_scale=args.guidance,
+                     generator=np.random.default_rng(args.seed))[0] for o in objs], t0)
+        L.unload_lora(pipe)
+        return tuned
+
+    for recipe in recipes if "lora" in groups else ():
+        for variant in args.variants:
+            t0 = time.time()
+            if variant == "joint":
+                path, seconds = joint[recipe]
+                L.apply_lora(pipe, path)
+                lora_rows(f"{recipe} joint", recipe, t0 - seconds / n_styles)
+                continue
+            with tempfile.TemporaryDirectory() as out:
+                cfg = _lora_config(recipe, [style_dir], Path(out), args.size, args.train_steps, variant)
+                train_lora(cfg, pipe=pipe)
+            if variant == "uniform":
+                tuned = lora_rows(recipe, recipe, t0)
+                styleid_rows(tuned, f"styleid_db {recipe}")
+            else:
+                lora_rows(f"{recipe} sf", recipe, t0)
+    return rows
+
+
+def styleid_reference_rows(pipe, paths: list[Path], base: list, args, row) -> None:
+    """StyleID (0.75, 1.5) with 3 pooled references, and from a 96x80 reference read natively or resized."""
+    from PIL import Image
+
+    from jstyle.io import read_rgb
+    from jstyle.methods.reference import read_reference
+    from jstyle.methods.styleid import StyleIDConfig, invert_style, pool_features, stylize
+
     cfg = StyleIDConfig(steps=args.steps, start_step=args.steps - 1)
+    t0 = time.time()
+    pooled = pool_features([invert_style(pipe, read_rgb(p, args.size), cfg) for p in paths[:3]])
     row("styleid k=3 g=0.75 T=1.5", [stylize(pipe, c[None], pooled, cfg)[0] for c in base], t0)
     with tempfile.TemporaryDirectory() as tmp:  # a reference of another size than the demo's 64 px
-        from PIL import Image
-
         big = Path(tmp) / "ref96x80.png"
         Image.fromarray(read_rgb(paths[0])).resize((96, 80), Image.BICUBIC).save(big)
         for label, ref_size in (("native", None), (f"resized {args.size}", args.size)):
             t0 = time.time()
             features = invert_style(pipe, read_reference(big, ref_size), cfg)
             row(f"styleid 96x80 {label}", [stylize(pipe, c[None], features, cfg)[0] for c in base], t0)
-    for nvqg in (False, True):
-        t0 = time.time()
-        vcfg = VSPConfig(steps=args.steps, variant="nvqg" if nvqg else "vsp")
-        row("vsp nvqg" if nvqg else "vsp", list(vsp(pipe, reference[None], [f"a {o}" for o in objs], vcfg,
-                                                     seed=args.seed, size=args.size)), t0)
-    init = mean_image(paths, args.size)
-    for recipe in recipes if "lora" in groups else ():
-        t0 = time.time()
-        with tempfile.TemporaryDirectory() as out:
-            cfg = _lora_config(recipe, style_dir, Path(out), args.size, args.train_steps)
-            train_lora(cfg, pipe=pipe)
-        template = "an image of {obj} in style_{id}" if recipe == "strong" else "{obj} in style_{id}"
-        tuned = txt2img(template)
-        row(f"dreambooth {recipe}", tuned, t0)
-        t0 = time.time()
-        row(f"sdedit {recipe} s={args.strength}",
-            [img2img(pipe, init, [template.format(obj=o, id=style)], strength=args.strength,
-                     num_inference_steps=args.steps, guidance_scale=args.guidance,
-                     generator=np.random.default_rng(args.seed))[0] for o in objs], t0)
-        L.unload_lora(pipe)
-        styleid_rows(tuned, f"styleid_db {recipe}")
-    return rows
 
 
 def ti_row(pipe, style_dir: Path, objs: list[str], args, row) -> None:
@@ -214,13 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--train-steps", type=int, default=200)
+    p.add_argument("--variants", default="uniform,style-friendly,joint",
+                   help="LoRA rows per recipe: uniform (per style, today's), style-friendly (per style, "
+                   "style-friendly timesteps), joint (one LoRA for all styles)")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--strength", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--groups", default="base,styleid,diffstyle,lora,ti,styleblend", help="row groups to run")
+    p.add_argument("--groups", default="base,styleid,diffstyle,vsp,lora,ti,styleblend", help="row groups to run")
     p.add_argument("--trained", type=Path, help="a run_all --method styleblend output: its weights for ti, styleblend")
     p.add_argument("--json", type=Path, help="write the rows and the table here")
     args = p.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
 
     from jstyle.pipeline import load_pipeline
 
@@ -229,13 +283,21 @@ def main(argv: list[str] | None = None) -> int:
     styles = sorted(d for d in args.data.iterdir()
                     if (d / "prompt.json").is_file() and (not wanted or d.name in wanted))
     rows = []
-    for style_dir in styles:
-        rows += run_style(pipe, style_dir, [r for r in args.recipes.split(",") if r], args)
-        print(f"style {style_dir.name} done", flush=True)
+    recipes = [r for r in args.recipes.split(",") if r]
+    with tempfile.TemporaryDirectory() as out:
+        joint = train_joint(pipe, styles, recipes, Path(out), args) \
+            if "joint" in args.variants and "lora" in args.groups.split(",") else {}
+        for style_dir in styles:
+            rows += run_style(pipe, style_dir, recipes, args, joint, len(styles))
+            print(f"style {style_dir.name} done", flush=True)
     summary = table(rows)
-    print(f"\n{'method':28s} {'hist':>6s} {'IoU':>6s} {'s/style':>8s}   ({len(styles)} styles, {args.size} px)")
+    print(machine_line())
+    names = [d.name for d in styles]
+    print(f"\n{'method':30s} {'hist':>6s} {'IoU':>6s} {'s/style':>8s}   per style: hist / IoU ({', '.join(names)})"
+          f"   ({len(styles)} styles, {args.size} px)")
     for r in summary:
-        print(f"{r['method']:28s} {r['hist']:6.3f} {r['iou']:6.3f} {r['seconds']:8.1f}")
+        per = "  ".join(f"{x['hist']:.3f}/{x['iou']:.2f}" for x in rows if x["method"] == r["method"])
+        print(f"{r['method']:30s} {r['hist']:6.3f} {r['iou']:6.3f} {r['seconds']:8.1f}   {per}")
     if args.json:
         args.json.write_text(json.dumps(dict(settings={k: str(v) for k, v in vars(args).items()}, table=summary,
                                               rows=rows), indent=1) + "\n")

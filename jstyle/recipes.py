@@ -28,6 +28,8 @@ SB_TORCH = "zichongc/StyleBlend"  # the paper's PyTorch release
 SB_TORCH_COMMIT = "853724c50d3dd98a056d01b15cc271f84b96cfd6"
 AF = "Xlucidator/JDiffArtFlow"
 AF_COMMIT = "3bed120286d5734b57de855dec052400da23d5d7"  # src/ and configs/ = d3c9f0e's, the report's commit
+C5B = "czpcf/jittor-5-b"
+C5B_COMMIT = "a3e5b10c5626898f0291706d18c85b78728d5673"
 # JDiffusion's train.py LoraConfig and JDiffArtFlow's diffusion.py _setup_lora (SD 2.1 has no add_k/v_proj:
 # those two match nothing and are left out, as PEFT leaves them)
 SOURCE_UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_v_proj")
@@ -171,6 +173,54 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "win when present; the source uses the stem with '_' -> ' ' only",
             "deviation: alpha composited on white (the source drops it), no EXIF rotation; the mean reads "
             "every image jstyle lists (the source: .png/.jpg/.jpeg only)",
+        ),
+    ),
+    Recipe(
+        "czpcf-joint",
+        "czpcf's 0.4648 list-B run: one LoRA (rank 896, UNet and text encoder) trained 40000 steps on all styles "
+        "at once, each with its own style_NN token, then 100 steps per prompt",
+        sources=(Source(C5B, C5B_COMMIT, ("README.md", "JDiffusion_singlepack/train_joint_pack3_3.sh",
+                                          "JDiffusion_singlepack/train_joint_pack3_3.py",
+                                          "JDiffusion_singlepack/run_joint_pack3_3_parallel.py")),),
+        score=Score(0.4648, (("dino", 0.1737), ("hist", 0.7144), ("fid", 3.272), ("lpips", 0.4154),
+                             ("clip_iqa", 0.7463), ("clip_r", 0.8586)),
+                    "the challenge's leaderboard, list B (28 styles, 3 references each)",
+                    "5b README.md, final results (n=28)"),
+        run=dict(method="dreambooth", lora_scope="joint", preset="baseline", dtype="float32", size=512, steps=100,
+                 guidance=7.5, scheduler="model", seed=123456, seed_per_style=False, train_steps=40000,
+                 drop_to_out_at_inference=False, timestep_sampling="uniform",
+                 prompt_template="{instance},{obj},{obj},{obj},"),
+        train=dict(
+            instance_template="style_{id},{obj}", caption_prefix="", resize="squash", resize_margin=1.0,
+            crop="random", hflip=True, prior_preservation=False, rank=896, alpha=None, dropout=0.1, init="gaussian",
+            unet_targets=SOURCE_UNET_TARGETS, text_encoder_targets=("q_proj", "k_proj", "v_proj"), vae_targets=(),
+            train_batch_size=1, gradient_accumulation_steps=1, learning_rate=1e-5, text_encoder_lr=None,
+            lr_scheduler="constant", lr_warmup_steps=0, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2,
+            adam_epsilon=1e-8, max_grad_norm=None,
+        ),
+        output="<out>/<style>/<prompt>.png (the source writes output_joint_pack3_3_continous/40000/NN/<prompt>.png)",
+        cost="40000 train steps once per run, not per style (batch 1, rank 896 on UNet and text encoder; about "
+             "5 h on one RTX 3090 per the README); per prompt 100 steps x CFG",
+        notes=(
+            "the README's final run is its strategies 1+2+4+6: (1) LoRA on to_q/k/v/out.0 + add_k/v_proj and the "
+            "text encoder's q/k/v_proj, (2) adaptive lr, (4) all 28 styles packed into one LoRA ('n=28' gave "
+            "CLIP-R 0.8586 against 0.62 for packs of 2), (6) LLM-written hypernyms in the prompt",
+            "rank 896 = 28 x 32 (README: a pack of n styles gets rank n * r); lora_alpha = rank, dropout 0.1, "
+            "gaussian init, lr 1e-5 constant, 40000 steps, batch 1, seed 123456 (train_joint_pack3_3.sh)",
+            "float32 everywhere (weight_dtype = jt.float32); no gradient clipping (--max_grad_norm is parsed, the "
+            "loop never clips); uniform timesteps (jt.randint)",
+            "data: every style's images in one shuffled epoch order (DreamBoothDataset.set_order), Resize(512) "
+            "squash + RandomCrop(512), a horizontal flip with p = 0.5",
+            "inference: 'style_NN,' + style tags + (prompt + ',') * 4 + hypernyms, 100 steps, CFG 7.5, no negative "
+            "prompt (run_joint_pack3_3_parallel.py); jstyle's prompt is 'style_NN,{obj},{obj},{obj},{obj},'",
+            "deviation: training prompts are 'style_NN,<file stem>'; the source adds the style's tag.json words "
+            "and each image's item tags in a shuffled order (and ',horizontal_flip' on flipped images): jstyle's "
+            "data has no tag.json",
+            "deviation: no LLM hypernyms (B_dataset/llm_prompt.json) and no per-style positive words in the prompt",
+            "deviation: adaptive lr not reproduced: the source trains lora_A at lr * max(1, sqrt(n / 896)) by the "
+            "layer's width n (x1.07 to x1.20 at rank 896); jstyle trains every LoRA tensor at 1e-5",
+            "deviation: one seed (123456) for training and images; the source samples with seed=114514 in batches "
+            "of 8 prompts and never seeds training reproducibly (Jittor's global RNG)",
         ),
     ),
     Recipe(

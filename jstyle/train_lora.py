@@ -1,4 +1,5 @@
-"""Train a DreamBooth-LoRA for one style: `python -m jstyle.train_lora --model SD --style-dir DIR`.
+"""Train a DreamBooth-LoRA for one style: `python -m jstyle.train_lora --model SD --style-dir DIR` (or one LoRA for
+several styles, each with its own token: `--style-dirs DIR1,DIR2`).
 
 Function API: `train_lora(LoRATrainConfig(...), model="path/to/sd")` (or `pipe=` a loaded pipeline);
 presets: `jstyle.training.preset("strong", style_dir=...)`. Every LoRATrainConfig field is a flag
@@ -98,8 +99,9 @@ def run_cli(argv: list[str] | None, cls: type, prog: str, description: str,
 
         use_device(device)
         cfg = cls.from_dict({**PRESETS[preset], **args})
-        if not cfg.style_dir:
-            raise JStyleError("--style-dir is required (a folder with images/)")
+        if not (cfg.style_dir or cfg.style_dirs):
+            raise JStyleError("--style-dir is required (a folder with images/), or --style-dirs A,B,... for one "
+                              "LoRA of several styles")
         pipe = load_pipeline(model, dtype="float16" if cfg.mixed_precision == "fp16" else "float32", vae_dtype="auto")
         path = train(cfg, pipe)
     except JStyleError as e:

@@ -1,6 +1,8 @@
 """What a run does: its settings (RunConfig) and the task graph they imply, per style and prompt.
 
 Stages per style: train its LoRA -> generate content per prompt -> inject the style -> <out>/<style>/<Prompt>.png.
+With lora_scope "joint" one LoRA is trained on every style's references together (each style with its own token,
+"style_NN"), once per run, and every style's tasks wait for it.
 Which stages a method runs, its prompt and its settings come from jstyle.methods.registry (`method_table()`
 prints the table). The "{instance}" prompt is the style LoRA's instance prompt of the training preset
 (jstyle.training.config), so generation asks for what training taught.
@@ -19,23 +21,27 @@ from ..methods import registry
 from .graph import Task, TaskGraph
 
 __all__ = ["RunConfig", "build_graph", "instance_prompt", "scheduler_name", "lora_path", "content_path",
-           "final_path"]
+           "final_path", "LORA_SCOPES", "JOINT"]
 
 AUTO = "auto"  # --method auto: per style, the candidate the checker's scorer picks (jstyle.jobs.auto)
 SELECT_BY = ("final", "dino", "hist", "lpips", "fid", "clip_iqa", "clip_r")  # what --method auto picks by
 # --method auto's settings: left out of the config hash of every other method (its runs resume as before)
 AUTO_FIELDS = ("candidates", "screen_prompts", "select_by", "score_device", "random_weights", "checker_weights")
 REFERENCE_RULES = ("first", "nearest", "random")  # jstyle.methods.reference.RULES
+LORA_SCOPES = ("style", "joint")  # one LoRA per style, or one for all styles (trained once per run)
+JOINT = "joint"  # the joint LoRA's name in task keys and paths: work/joint/lora/
 DTYPES = ("auto", "float32", "float16")  # auto: float16 on CUDA (LoRA training in fp16 mixed precision), else float32
 # settings that do not change any output (left out of the manifest's config hash); a recipe's name is only a label:
 # the hash covers the settings it resolves to, so a recipe and the same settings given as flags resume each other
 RUNTIME_ONLY = ("out", "devices", "backend", "address", "retries", "progress", "gradient_checkpointing", "recipe",
                 "score_device", "shared_work")
 # LoRATrainConfig fields the run sets itself (train_settings may not): the flag that sets each
-RUN_OWNED_TRAIN = {"style_dir": "--data", "output_dir": "--out", "resolution": "--train-size", "seed": "--seed",
-                   "max_train_steps": "--train-steps", "mixed_precision": "--dtype", "progress": "--no-progress",
+RUN_OWNED_TRAIN = {"style_dir": "--data", "style_dirs": "--data and --lora-scope joint", "output_dir": "--out",
+                   "resolution": "--train-size", "seed": "--seed", "max_train_steps": "--train-steps",
+                   "mixed_precision": "--dtype", "progress": "--no-progress",
                    "gradient_checkpointing": "--gradient-checkpointing", "resume": "(a rerun resumes by itself)",
-                   "checkpointing_steps": "(none)"}
+                   "checkpointing_steps": "(none)", "checkpoints_total_limit": "(none)",
+                   "timestep_sampling": "--timestep-sampling"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class RunConfig:
     recipe: str | None = None  # the jstyle.recipes entry these settings came from (a label, not hashed)
     preset: str = "baseline"  # LoRA training preset: jstyle.training.PRESETS
     train_settings: dict[str, Any] = field(default_factory=dict)  # LoRATrainConfig fields over the preset
+    lora_scope: str = "style"  # LORA_SCOPES: a LoRA per style, or one LoRA for all styles
+    timestep_sampling: str = "uniform"  # LoRA training timesteps: uniform | style-friendly (jstyle.training.timesteps)
     dtype: str = "auto"  # the base model's dtype in every stage (DTYPES)
     size: int = 512  # generation size in pixels (outputs are always saved at 512x512)
     steps: int = 25  # text-to-image steps
@@ -117,6 +125,16 @@ class RunConfig:
             raise ConfigError("--guidance and --retries must be >= 0")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.lora_scope not in LORA_SCOPES:
+            raise ConfigError(f"--lora-scope {self.lora_scope!r}: use one of {', '.join(LORA_SCOPES)}")
+        if self.lora_scope == JOINT and (method is None or method.train):
+            raise ConfigError(f"--lora-scope joint: not with --method {self.method} (one LoRA a style there); "
+                              "use --lora-scope style")
+        from ..training.timesteps import TIMESTEP_SAMPLINGS
+
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ConfigError(f"--timestep-sampling {self.timestep_sampling!r}: use one of "
+                              f"{', '.join(TIMESTEP_SAMPLINGS)}")
         if not isinstance(self.train_settings, dict):
             raise ConfigError("train_settings: a JSON object of LoRA training settings ({\"rank\": 32, ...})")
         owned = sorted(set(self.train_settings) & set(RUN_OWNED_TRAIN))
@@ -199,8 +217,9 @@ class RunConfig:
         return self.method_entry.trains
 
     def lora_file(self, style: str) -> str:
-        """The style LoRA this run's tasks train and read (shared_work: named by its training settings)."""
-        return lora_path(style, _short_hash(self.lora_key()) if self.shared_work else None)
+        """The LoRA this run's tasks train and read for `style`: its own or the joint one (lora_name; shared_work:
+        named by its training settings)."""
+        return lora_path(self.lora_name(style), _short_hash(self.lora_key()) if self.shared_work else None)
 
     def lora_key(self) -> dict[str, Any]:
         """What decides a style's LoRA: the preset, the training settings and the base dtype (and, for a method that
@@ -230,7 +249,7 @@ class RunConfig:
     def train_overrides(self) -> dict[str, Any]:
         """The LoRATrainConfig fields this run gives over its preset (not the per-style paths)."""
         d = {**self.train_settings, "resolution": self.train_size or self.size, "seed": self.seed,
-             "gradient_checkpointing": self.gradient_checkpointing}
+             "gradient_checkpointing": self.gradient_checkpointing, "timestep_sampling": self.timestep_sampling}
         if self.train_steps is not None:
             d["max_train_steps"] = self.train_steps
         return d
@@ -251,6 +270,10 @@ class RunConfig:
 
         seed = self.inference_seed(style)
         return seed if self.shared_noise else image_key(seed, style, obj, NOISE_STREAM)
+
+    def lora_name(self, style: str) -> str:
+        """The LoRA `style` is generated with: its own, or the run's joint one (lora_scope "joint")."""
+        return JOINT if self.lora_scope == "joint" else style
 
     def lora_skip(self) -> tuple[str, ...]:
         """Targets of the style LoRA left out at inference (drop_to_out_at_inference: to_out.0)."""
@@ -309,9 +332,14 @@ def build_graph(cfg: RunConfig, prompts: dict[str, list[str]]) -> TaskGraph:
         raise ConfigError("--method auto: its graph is jstyle.jobs.auto.build_auto_graph")
     method = cfg.method_entry
     graph = TaskGraph()
+    joint = method.trains and cfg.lora_scope == "joint"
+    if joint:  # one train task on every style's references
+        graph.add(Task(f"{JOINT}/train", "train", JOINT, outputs=(lora_path(JOINT),)))
     for style, objs in prompts.items():
         train = None
-        if method.trains:
+        if joint:
+            train = f"{JOINT}/train"
+        elif method.trains:
             train = graph.add(Task(f"{style}/train", "train", style, outputs=(lora_path(style),))).key
         for obj in objs:
             after = (train,) if train else ()

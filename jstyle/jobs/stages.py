@@ -3,22 +3,25 @@
 `execute(task, ctx)` is the function the workers call. The stages are the same for every method; what
 differs (LoRA or not, the prompt, the inject function and its settings) comes from the method's
 jstyle.methods.registry entry. The base pipeline is loaded once per worker process and kept in ctx.cache;
-LoRAs are switched per style without reloading it, and an inject function may keep per-style work (a
-StyleID inversion, SDEdit's mean image) in the same cache for the style's next prompt.
+LoRAs are switched per style (or one joint LoRA serves every style) without reloading it, and an inject
+function may keep per-style work (a StyleID inversion, SDEdit's mean image) in the same cache for the style's
+next prompt.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data import list_images
+from ..data import list_images, list_styles
 from ..io import read_rgb, save_png
 from ..methods.registry import InjectJob
 from .graph import Task
-from .plan import RunConfig, final_path, scheduler_name
+from .plan import JOINT, RunConfig, final_path, scheduler_name
 from .runtime import WorkerContext
 
 if TYPE_CHECKING:
@@ -76,20 +79,30 @@ def _save(image: np.ndarray, path: Path, size: int | None = None) -> None:
     save_png(image, path)
 
 
-def train_config(cfg: RunConfig, style: str, out_dir: Path, base_dtype: str) -> LoRATrainConfig:
-    """The LoRA training settings of one style's task: preset < the run's train_settings < its flags.
+def train_config(cfg: RunConfig, name: str, out_dir: Path, base_dtype: str) -> LoRATrainConfig:
+    """The LoRA training settings of one train task (`name`: a style, or JOINT for every style of the run):
+    preset < the run's train_settings < its flags.
 
     Precision follows the base: float32 LoRA tensors always; a float16 base (CUDA, --dtype auto) trains in fp16
     mixed precision with a dynamic loss scale, a float32 base (--dtype float32: the JDiffusion baseline) in float32.
-    Never float16 training at a loss scale of 1."""
+    Never float16 training at a loss scale of 1. A checkpoint every tenth of the steps (only the newest kept) lets
+    a killed run resume its training."""
     from ..training import mixed_precision_for, preset
 
-    return preset(cfg.preset, **cfg.train_overrides(), style_dir=str(Path(cfg.data) / style), output_dir=str(out_dir),
-                  progress=False, mixed_precision=mixed_precision_for(base_dtype))
+    data = Path(cfg.data)
+    folders = dict(style_dirs=tuple(str(data / s) for s in cfg.styles or list_styles(data))) if name == JOINT \
+        else dict(style_dir=str(data / name))
+    overrides = cfg.train_overrides()
+    steps = overrides.get("max_train_steps", preset(cfg.preset).max_train_steps)
+    return preset(cfg.preset, **overrides, **folders, output_dir=str(out_dir), progress=False,
+                  mixed_precision=mixed_precision_for(base_dtype), checkpointing_steps=max(1, steps // 10),
+                  checkpoints_total_limit=1)
 
 
 def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
+    """Train the task's LoRA (a style's, or the joint one), from its newest checkpoint when a killed run left one."""
     from ..train_lora import train_lora
+    from ..training.trainer import CHECKPOINT_DIR, resumable_checkpoint
 
     out = (ctx.out_dir / task.outputs[0]).parent
     own = cfg.method_entry.train_function()
@@ -97,10 +110,18 @@ def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any
         info = own(pipe, cfg, task.style, out)
         ctx.cache.pop("lora", None)  # what its training left in the pipeline: reloaded from the file when used
         return {"lora": task.outputs[0], **info}
-    train_lora(train_config(cfg, task.style, out, pipe.dtype), pipe=pipe)
-    # training leaves this style's whole LoRA in the pipeline; with layers to skip at inference it is reloaded
+    tcfg = train_config(cfg, task.style, out, pipe.dtype)
+    resume = resumable_checkpoint(tcfg)
+    if resume is None:  # checkpoints of other settings cannot be resumed
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    else:
+        tcfg = dataclasses.replace(tcfg, resume=str(resume))
+        ctx.log.info("resuming %s from %s", task.key, resume)
+    train_lora(tcfg, pipe=pipe)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the final LoRA is written: nothing left to resume
+    # training leaves this whole LoRA in the pipeline; with layers to skip at inference it is reloaded
     ctx.cache["lora"] = ("trained", task.outputs[0]) if cfg.lora_skip() else (task.outputs[0], ())
-    return {"lora": task.outputs[0]}
+    return {"lora": task.outputs[0], "resumed_from_step": int(resume.name[5:]) if resume else 0}
 
 
 def content_image(cfg: RunConfig, style: str, obj: str, ctx: WorkerContext, pipe) -> tuple[np.ndarray, str]:

@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..lora import COMPONENTS, DEFAULT_TARGETS, INITS
 from .optim import SCHEDULES
+from .timesteps import STYLE_FRIENDLY_MEAN, STYLE_FRIENDLY_STD, TIMESTEP_SAMPLINGS
 
 __all__ = ["LoRATrainConfig", "PRESETS", "preset", "RESUME_FREE_FIELDS"]
 
@@ -31,6 +32,7 @@ class LoRATrainConfig:
 
     # data
     style_dir: str = ""
+    style_dirs: tuple[str, ...] = ()  # several style folders in one LoRA (instead of style_dir), each its own {id}
     style_id: str | None = None  # default: the style folder's name
     instance_template: str = "style_{id}"  # fields: {id}, {obj} (caption or file stem), {caption}
     caption_prefix: str = ""
@@ -72,12 +74,17 @@ class LoRATrainConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float | None = None  # None = no clipping
+    # training timesteps (jstyle.training.timesteps): uniform, or style-friendly (log-SNR ~ N(snr_mean, snr_std^2))
+    timestep_sampling: str = "uniform"
+    snr_mean: float = STYLE_FRIENDLY_MEAN
+    snr_std: float = STYLE_FRIENDLY_STD
     mixed_precision: str = "no"  # fp16: frozen base in float16 (CUDA), LoRA and loss in float32, dynamic loss scale
     gradient_checkpointing: bool = False  # recompute UNet block activations in the backward pass (less memory)
     seed: int = 0
     # output
     output_dir: str = "lora_out"
     checkpointing_steps: int = 0  # 0 = only the final LoRA
+    checkpoints_total_limit: int | None = None  # keep only the newest N checkpoints (None = all)
     resume: str | None = None  # a checkpoint folder, or "latest"
     progress: bool = True
     extras: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in the log
@@ -117,6 +124,18 @@ class LoRATrainConfig:
             raise bad("mixed_precision", f"use one of {', '.join(PRECISIONS)}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise bad("max_grad_norm", "must be > 0 (or None for no clipping)")
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise bad("timestep_sampling", f"use one of {', '.join(TIMESTEP_SAMPLINGS)}")
+        if self.snr_std <= 0:
+            raise bad("snr_std", "must be > 0")
+        if self.style_dirs and (self.style_dir or self.style_id is not None):
+            raise bad("style_dirs", "several style folders take neither style_dir nor style_id (each folder's "
+                      "name is its {id})")
+        if self.style_dirs and "{id}" not in self.instance_template:
+            raise bad("instance_template", "one LoRA for several styles needs {id} in it, so that each style has "
+                      "its own token (e.g. style_{id})")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit <= 0:
+            raise bad("checkpoints_total_limit", "must be > 0 (or None to keep every checkpoint)")
         if self.prior_preservation and self.num_class_images <= 0:
             raise bad("num_class_images", "must be > 0 with prior preservation")
         if not (self.unet_targets or self.text_encoder_targets or self.vae_targets):
@@ -150,13 +169,13 @@ class LoRATrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown training setting '{unknown[0]}'")
-        d = {k: tuple(v) if k.endswith("_targets") else v for k, v in d.items()}
+        d = {k: tuple(v) if k.endswith("_targets") or k == "style_dirs" else v for k, v in d.items()}
         return cls(**d)
 
 
 # Fields a resumed run may change: where things go and how they are shown, not what is learned.
-RESUME_FREE_FIELDS = ("output_dir", "resume", "progress", "checkpointing_steps", "extras", "class_dir",
-                      "gradient_checkpointing")
+RESUME_FREE_FIELDS = ("output_dir", "resume", "progress", "checkpointing_steps", "checkpoints_total_limit",
+                      "extras", "class_dir", "gradient_checkpointing")
 
 _TEXT_QKVO = ("q_proj", "k_proj", "v_proj", "out_proj")
 PRESETS: dict[str, dict[str, Any]] = {

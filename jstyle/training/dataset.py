@@ -65,14 +65,19 @@ def _captions(style_dir: Path, images: list[Path]) -> dict[str, str]:
 
 
 def load_style_examples(cfg: LoRATrainConfig) -> list[Example]:
-    """All images of cfg.style_dir with their instance prompts (template filled, prefix added)."""
+    """All images of cfg.style_dir (or of every folder of cfg.style_dirs, each named by its own {id}) with their
+    instance prompts (template filled, prefix added)."""
+    if cfg.style_dirs:
+        return [e for d in cfg.style_dirs for e in _folder_examples(cfg, Path(d), Path(d).resolve().name)]
     style_dir = Path(cfg.style_dir)
-    folder = style_dir / "images"
+    return _folder_examples(cfg, style_dir, cfg.style_id if cfg.style_id is not None else style_dir.resolve().name)
+
+
+def _folder_examples(cfg: LoRATrainConfig, style_dir: Path, style_id: str) -> list[Example]:
     paths = list_images(style_dir)
     if not paths:
-        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        raise InputError(f"{style_dir / 'images'}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     caps = _captions(style_dir, paths)
-    style_id = cfg.style_id if cfg.style_id is not None else style_dir.resolve().name
     out = []
     for p in paths:
         caption = caps.get(p.name, "")

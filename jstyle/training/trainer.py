@@ -11,6 +11,7 @@ x_t = sqrt(a_t) z + sqrt(1 - a_t) eps, target = eps (epsilon) or sqrt(a_t) eps -
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,9 @@ from .config import RESUME_FREE_FIELDS, LoRATrainConfig
 from .dataset import Example, augment, class_augment, ensure_class_images, load_style_examples
 from .freeze import freeze_except
 from .optim import AdamW, LossScaler, all_finite, clip_grad_norm, lr_at
+from .timesteps import sample_timesteps
 
-__all__ = ["LoRATrainer", "Batch", "mse", "dreambooth_loss", "CHECKPOINT_DIR"]
+__all__ = ["LoRATrainer", "Batch", "mse", "dreambooth_loss", "CHECKPOINT_DIR", "resumable_checkpoint"]
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_NAME = L.WEIGHT_NAME
@@ -57,6 +59,17 @@ def dreambooth_loss(pred: jt.Var, target: jt.Var, n_instance: int, prior_weight:
     if pred.shape[0] == n_instance:
         return mse(pred, target)
     return mse(pred[:n_instance], target[:n_instance]) + prior_weight * mse(pred[n_instance:], target[n_instance:])
+
+
+def resumable_checkpoint(cfg: LoRATrainConfig) -> Path | None:
+    """The newest checkpoint under cfg.output_dir made with cfg's settings (None when there is none)."""
+    for path in sorted((Path(cfg.output_dir) / CHECKPOINT_DIR).glob("step_*"), reverse=True):
+        try:
+            if json.loads((path / "state.json").read_text()).get("fingerprint") == cfg.fingerprint():
+                return path
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
 
 
 class LoRATrainer:
@@ -204,7 +217,9 @@ class LoRATrainer:
             prompts += list(batch.class_prompts)
         z = self.encode_latents(pixels, rng)
         noise = jt.array(rng.standard_normal(tuple(z.shape)).astype(np.float32)).cast(z.dtype)
-        t = rng.integers(0, self.scheduler.config.num_train_timesteps, size=z.shape[0]).astype(np.int64)
+        cfg = self.cfg
+        t = sample_timesteps(rng, z.shape[0], self.scheduler.alphas_cumprod, cfg.timestep_sampling, cfg.snr_mean,
+                             cfg.snr_std)
         noisy = self.scheduler.add_noise(z, noise, t)
         target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(z, noise, t)
         context = self.encode_text(prompts).cast(self.pipe.dtype)
@@ -268,7 +283,8 @@ class LoRATrainer:
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """<output_dir>/checkpoints/step_NNNNNN/ (written to a temp folder, then renamed)."""
+        """<output_dir>/checkpoints/step_NNNNNN/ (written to a temp folder, then renamed); then the oldest beyond
+        checkpoints_total_limit are deleted."""
         final = self.out / CHECKPOINT_DIR / f"step_{self.step:06d}"
         with atomic_path(final, directory=True) as tmp:
             self.save_weights(tmp)
@@ -276,6 +292,10 @@ class LoRATrainer:
             state = {"step": self.step, "fingerprint": self.cfg.fingerprint(), "config": self.cfg.to_dict(),
                      "loss_scale": self.loss_scale, "log": self.log}
             (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str) + "\n")
+        limit = self.cfg.checkpoints_total_limit
+        if limit is not None:
+            for old in sorted((self.out / CHECKPOINT_DIR).glob("step_*"))[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
         return final
 
     def load_checkpoint(self, path: str | Path) -> None:

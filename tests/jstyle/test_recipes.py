@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import run_all  # noqa: E402
 
 QKV = ("to_k", "to_q", "to_v")  # of the sources' six, what stock peft 0.10.0 wired on JDiffusion (docs, "to_out.0")
+SIX = ("to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_v_proj")  # all wired: czpcf patched peft's lookup
 TINY = ["--demo", "--styles", "00", "--size", "16", "--steps", "1", "--train-steps", "2", "--sdedit-steps", "2",
         "--devices", "cpu", "--no-check", "--no-package", "--no-progress"]
 
@@ -124,6 +125,38 @@ def test_jdiffartflow_resolves_to_its_source(tmp_path):
     assert fields(t, want_train) == want_train
 
 
+def test_czpcf_joint_resolves_to_its_source(tmp_path):
+    cfg = resolve("--recipe", "czpcf-joint", data=str(run_all.ROOT / "demo" / "data"))
+    want_run = dict(
+        method="dreambooth",        # run_joint_pack3_3_parallel.py: the LoRA's pipeline generates each prompt
+        lora_scope="joint",         # train_joint_pack3_3.sh PACKS: all 28 styles in one pack, one LoRA
+        dtype="float32",            # train_joint_pack3_3.py weight_dtype = jt.float32
+        size=512, steps=100, guidance=7.5,  # run_joint_pack3_3_parallel.py width/height 512, 100 steps, CFG 7.5
+        scheduler="model",          # StableDiffusionPipeline.from_pretrained: the model's own scheduler
+        seed=123456, train_steps=40000,  # train_joint_pack3_3.sh SEED, MAX_TRAIN_STEPS
+        drop_to_out_at_inference=False,  # README: its patched peft loads to_out.0
+        timestep_sampling="uniform",     # train_joint_pack3_3.py jt.randint(0, num_train_timesteps)
+    )
+    assert fields(cfg, want_run) == want_run
+    # 'style_NN,' + (prompt + ',') * 4 (run_joint_pack3_3_parallel.py, without its style words and hypernyms)
+    assert cfg.prompt("03", "Bear") == "style_03,Bear,Bear,Bear,Bear,"
+    assert cfg.lora_name("03") == cfg.lora_name("17") == "joint"
+    t = train_config(cfg, "joint", tmp_path, base_dtype(cfg.dtype, "cuda"))
+    want_train = dict(
+        rank=896, lora_alpha=896.0, dropout=0.1, init="gaussian",  # sh RANK, DROPOUT; py LoraConfig
+        unet_targets=SIX, text_encoder_targets=("q_proj", "k_proj", "v_proj"),  # py target_modules
+        learning_rate=1e-5, text_encoder_lr=None, lr_scheduler="constant", lr_warmup_steps=0,  # sh
+        train_batch_size=1, gradient_accumulation_steps=1, max_train_steps=40000, resolution=512,  # sh
+        max_grad_norm=None, mixed_precision="no", seed=123456,  # py never clips; float32
+        resize="squash", crop="random", resize_margin=1.0, hflip=True,  # py Resize(size), RandomCrop, flip p 0.5
+        prior_preservation=False,  # sh: no --with_prior_preservation (py asserts class_data_root is None)
+    )
+    assert fields(t, want_train) == want_train
+    # every style folder, each image captioned with its own token (py: instance_prompt + style, then the name)
+    assert [Path(d).name for d in t.style_dirs] == ["00", "01", "02"] and not t.style_dir
+    assert [e.prompt for e in load_style_examples(t)][:3] == ["style_00,Circle", "style_00,House", "style_00,Star"]
+
+
 def test_strong_is_the_strong_preset_with_sdedit(tmp_path):
     cfg = resolve("--recipe", "strong")
     assert (cfg.method, cfg.preset, cfg.dtype, cfg.seed, cfg.train_settings) == ("sdedit", "strong", "auto", 0, {})
@@ -186,7 +219,7 @@ def test_list_recipes_names_each_source(capsys):
         for source in recipe.sources:
             assert str(source) in out
     assert "JittorRepos/JDiffusion@f10e14b" in out and "Xlucidator/JDiffArtFlow@3bed120" in out
-    assert "0.512078" in out and "0.3274" in out
+    assert "0.512078" in out and "0.3274" in out and "czpcf/jittor-5-b@a3e5b10" in out and "0.4648" in out
     assert run_all.main(["--recipe", "nope"]) == 2
     assert "jdiffusion-baseline" in capsys.readouterr().err
 
