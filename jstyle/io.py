@@ -24,10 +24,10 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["FITS", "read_rgb", "save_png", "atomic_path", "atomic_write", "temp_path", "is_temp"]
+__all__ = ["FITS", "read_rgb", "save_png", "atomic_path", "atomic_write", "temp_path", "is_temp", "temp_writer"]
 
 TEMP_SUFFIX = ".jstyle-tmp"
-_TEMP_NAME = re.compile(r"^\..+\.[0-9]+-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + "$")
+_TEMP_NAME = re.compile(r"^\..+\.([0-9]+)-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + "$")
 # how `size` is reached: "crop" = centre square crop, then a Lanczos resize; "squash" = the whole image
 # resized to size x size with PIL's bilinear filter, as jittor.transform.Resize(size) with an int does
 FITS = ("crop", "squash")
@@ -42,6 +42,12 @@ def temp_path(final: str | Path) -> Path:
 def is_temp(path: str | Path) -> bool:
     """True for the temp names `temp_path` makes, and nothing else."""
     return bool(_TEMP_NAME.match(Path(path).name))
+
+
+def temp_writer(path: str | Path) -> int | None:
+    """The pid of the process that made temp name `path` (None for a name `temp_path` did not make)."""
+    m = _TEMP_NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 @contextmanager

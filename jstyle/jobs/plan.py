@@ -236,7 +236,8 @@ class RunConfig:
         template = self.prompt_template or m.prompt
         key = {"template": template, "lora": self.lora_key() if m.trains else None, "skip": self.lora_skip(),
                "steps": self.steps, "guidance": self.guidance, "size": self.size, "scheduler": self.scheduler,
-               "seed": self.seed, "seed_per_style": self.seed_per_style, "dtype": self.dtype, "model": self.model,
+               "seed": self.seed, "seed_per_style": self.seed_per_style, "shared_noise": self.shared_noise,
+               "dtype": self.dtype, "model": self.model,
                "instance": (self.preset, self.train_settings) if "{instance}" in template else None}
         return content_path(style, obj, _short_hash(key))
 
@@ -273,7 +274,7 @@ class RunConfig:
 
     def lora_name(self, style: str) -> str:
         """The LoRA `style` is generated with: its own, or the run's joint one (lora_scope "joint")."""
-        return JOINT if self.lora_scope == "joint" else style
+        return JOINT if self.lora_scope == JOINT else style
 
     def lora_skip(self) -> tuple[str, ...]:
         """Targets of the style LoRA left out at inference (drop_to_out_at_inference: to_out.0)."""
@@ -332,7 +333,7 @@ def build_graph(cfg: RunConfig, prompts: dict[str, list[str]]) -> TaskGraph:
         raise ConfigError("--method auto: its graph is jstyle.jobs.auto.build_auto_graph")
     method = cfg.method_entry
     graph = TaskGraph()
-    joint = method.trains and cfg.lora_scope == "joint"
+    joint = method.trains and cfg.lora_scope == JOINT
     if joint:  # one train task on every style's references
         graph.add(Task(f"{JOINT}/train", "train", JOINT, outputs=(lora_path(JOINT),)))
     for style, objs in prompts.items():

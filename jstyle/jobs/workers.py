@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import ConfigError
-from ..io import is_temp
+from ..io import is_temp, temp_writer
 from .graph import Task, TaskGraph
 from .manifest import Manifest
 from .runtime import (
@@ -94,7 +94,7 @@ def parse_workers(spec: str) -> list[str]:
 
 def _writer_gone(path: Path) -> bool:
     """The temp's writer (the pid in its name) is no process on this machine."""
-    pid = int(path.name.rsplit(".", 2)[-2].split("-")[0])
+    pid = temp_writer(path)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
