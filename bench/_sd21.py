@@ -50,6 +50,10 @@ def configs(tiny: bool = False) -> tuple[dict, dict, dict]:
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
+# What caps torch's own CPU kernels at AVX2 (its oneDNN reads ONEDNN_MAX_CPU_ISA like jstyle's).
+TORCH_AVX2_CAPS = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
 def machine_line(torch_threads: int | None = None) -> str:
     """The CPU model, the ISA flags that matter, oneDNN's version and the thread counts: a figure's context."""
     info: dict[str, str] = {}
@@ -63,17 +67,21 @@ def machine_line(torch_threads: int | None = None) -> str:
     flags = set(info.get("flags", "").split())
     isa = ",".join(f for f in ISA_FLAGS if f in flags) or "none of " + ",".join(ISA_FLAGS)
     dnnl = "not found"
-    try:  # the headers Jittor's oneDNN ops were compiled against name the patch level too
-        with open("/usr/include/oneapi/dnnl/dnnl_version.h") as f:
-            parts = {w[1]: w[2] for w in (line.split() for line in f) if len(w) == 3 and w[0] == "#define"}
-        dnnl = ".".join(parts[f"DNNL_VERSION_{k}"] for k in ("MAJOR", "MINOR", "PATCH"))
-    except (OSError, KeyError):
-        pass
-    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"):
-        real = os.path.realpath(os.path.join(folder, "libdnnl.so.2"))
-        if dnnl == "not found" and os.path.exists(real):
-            dnnl = os.path.basename(real).replace("libdnnl.so.", "")
+    wired = os.environ.get("JSTYLE_ONEDNN_DIR", "")  # envs/env.sh: the oneDNN Jittor's ops were built against
+    for include in (os.path.join(wired, "include"), "/usr/include"):
+        try:  # its headers name the patch level too
+            with open(os.path.join(include, "oneapi", "dnnl", "dnnl_version.h")) as f:
+                parts = {w[1]: w[2] for w in (line.split() for line in f) if len(w) == 3 and w[0] == "#define"}
+            dnnl = ".".join(parts[f"DNNL_VERSION_{k}"] for k in ("MAJOR", "MINOR", "PATCH"))
+            dnnl += " (pip)" if os.path.realpath(include) != "/usr/include" else " (system)"
             break
+        except (OSError, KeyError):
+            continue
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap:  # both sides' oneDNN (and torch's MKL / ATen where their own caps are set) run these kernels
+        dnnl += f", capped at {cap}"
+        for var, value in TORCH_AVX2_CAPS.items():
+            dnnl += f", {var}={os.environ.get(var, value if cap.upper() == 'AVX2' else 'unset')}"
     threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, cores={os.cpu_count()}"
     if torch_threads is not None:
         threads += f", torch threads={torch_threads}"
@@ -207,8 +215,12 @@ THP_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
 def child_env(thp: bool) -> dict[str, str]:
-    """The environment of both sides' processes: the same for both, with or without huge pages."""
+    """The environment of both sides' processes: the same for both, with or without huge pages; oneDNN capped at
+    AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) caps torch's MKL and ATen kernels too, unless those are set."""
     env = dict(os.environ)
+    if env.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2":  # torch's GEMMs (MKL) and ATen kernels capped alike
+        for var, value in TORCH_AVX2_CAPS.items():
+            env.setdefault(var, value)
     tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb")]
     env["GLIBC_TUNABLES"] = ":".join(tunables + ([THP_TUNABLE] if thp else []))
     return env

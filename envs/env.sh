@@ -68,13 +68,24 @@ jstyle_now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
 jstyle_since() { awk -v a="$1" -v b="$(jstyle_now)" 'BEGIN { printf "%.0f", b - a }'; }
 # Jittor's own downloads (cutt, cutlass, nccl) stay off: no network here or on most clusters.
 export use_cutt="${use_cutt:-0}" use_cutlass="${use_cutlass:-0}" use_nccl="${use_nccl:-0}"
-# oneDNN: only when its library was wired into the Jittor cache (never downloaded).
+# oneDNN: only when its library was wired into the Jittor cache (never downloaded). Its headers, where they are not
+# the system's (pip's oneDNN), also reach the kernels jstyle compiles itself (jstyle/models/conv.py) through CPATH.
+JSTYLE_ONEDNN_DIR="$JITTOR_HOME/.cache/jittor/mkl/dnnl_lnx_2.2.0_cpu_gomp"
 if [ -z "${use_mkl+x}" ]; then
-  if [ -e "$JITTOR_HOME/.cache/jittor/mkl/dnnl_lnx_2.2.0_cpu_gomp/lib/libmkldnn.so" ]; then
+  if [ -e "$JSTYLE_ONEDNN_DIR/lib/libmkldnn.so" ]; then
     export use_mkl=1
   else
     export use_mkl=0
   fi
+fi
+if [ "$(readlink "$JSTYLE_ONEDNN_DIR/include" 2>/dev/null)" != /usr/include ] && [ -e "$JSTYLE_ONEDNN_DIR/include/dnnl.hpp" ] \
+    && [[ ":${CPATH:-}:" != *":$JSTYLE_ONEDNN_DIR/include:"* ]]; then
+  export CPATH="$JSTYLE_ONEDNN_DIR/include${CPATH:+:$CPATH}"
+fi
+export JSTYLE_ONEDNN_DIR
+# MKL for the CPU GEMMs (jstyle/models/linear.py), where envs/setup.sh installed it.
+if [ -z "${JSTYLE_MKL_DIR+x}" ] && [ -e "$JSTYLE_HOME/mkl/lib/libmkl_core.so.3" ]; then
+  export JSTYLE_MKL_DIR="$JSTYLE_HOME/mkl/lib"
 fi
 export PYTHONPATH="$JSTYLE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # glibc malloc backs large blocks with transparent huge pages (both envs): 15-20% faster and steadier SD-size

@@ -91,30 +91,80 @@ warm_jittor() {
   mkdir -p "$JITTOR_HOME" && touch "$JITTOR_HOME/.jstyle-core-built"
 }
 
-# oneDNN for Jittor's conv/matmul on CPU (13x faster at SD size), from Debian's libdnnl-dev:
-# never downloaded by Jittor. Jittor skips its own download when this file exists in its cache.
-wire_onednn() {
-  [ "${JSTYLE_ONEDNN:-1}" = 1 ] || { log "oneDNN disabled (JSTYLE_ONEDNN=0): use_mkl=0"; return 0; }
-  local lib="" dir="$JITTOR_HOME/.cache/jittor/mkl/dnnl_lnx_2.2.0_cpu_gomp"
+# oneDNN for Jittor's conv/matmul on CPU (13x faster at SD size); Jittor never downloads it. Sources, first that
+# works: Intel's pip packages (envs/onednn-requirements.txt, no root, any distribution) into a cached folder, then
+# Debian's libdnnl-dev (apt-get as root). JSTYLE_ONEDNN_SOURCE=system skips the pip packages; JSTYLE_ONEDNN=0 uses
+# none. Jittor skips its own download when its cache holds this folder: include/ and lib/libmkldnn.so (plus
+# lib/libdnnl.so.2, the name its ops load through their runpath); env.sh adds a non-system include/ to CPATH.
+onednn_from_pip() {  # prints the folder holding lib/libdnnl.so.2 and include/dnnl.hpp
+  local req="$here/onednn-requirements.txt" dir
+  dir="$JSTYLE_HOME/onednn/$(stamp_of "$req")"
+  if [ ! -e "$dir/.jstyle-stamp" ]; then
+    rm -rf "$dir.tmp"
+    "$JSTYLE_PYTHON" -m pip install --disable-pip-version-check -q --no-deps --prefix "$dir.tmp" -r "$req" \
+      >/dev/null 2>&1 || { rm -rf "$dir.tmp"; return 1; }
+    [ -e "$dir.tmp/lib/libdnnl.so.2" ] && [ -e "$dir.tmp/include/dnnl.hpp" ] || { rm -rf "$dir.tmp"; return 1; }
+    touch "$dir.tmp/.jstyle-stamp" && rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  printf '%s\n' "$dir"
+}
+
+onednn_from_system() {  # prints "LIB INCLUDE" of the system's oneDNN 2.x, installing Debian's as root where it can
+  local cand
   if [ ! -e /usr/include/dnnl.hpp ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing Debian's libdnnl-dev (oneDNN) for fast CPU kernels"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libdnnl-dev >/dev/null 2>&1 \
       || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libdnnl-dev >/dev/null 2>&1; } \
       || true
   fi
+  [ -e /usr/include/dnnl.hpp ] || return 1
   for cand in /usr/lib/x86_64-linux-gnu/libdnnl.so.2 /usr/lib/aarch64-linux-gnu/libdnnl.so.2 /usr/lib/libdnnl.so.2; do
-    [ -e "$cand" ] && { lib="$cand"; break; }
+    [ -e "$cand" ] && { printf '%s /usr/include\n' "$cand"; return 0; }
   done
-  if [ -z "$lib" ] || [ ! -e /usr/include/dnnl.hpp ]; then
-    log "oneDNN not available (install libdnnl-dev): Jittor uses its generic CPU kernels (use_mkl=0)"
+  return 1
+}
+
+wire_onednn() {
+  [ "${JSTYLE_ONEDNN:-1}" = 1 ] || { log "oneDNN disabled (JSTYLE_ONEDNN=0): use_mkl=0"; return 0; }
+  local lib="" inc="" from dir="$JSTYLE_ONEDNN_DIR"
+  if [ "${JSTYLE_ONEDNN_SOURCE:-pip}" != system ] && from="$(onednn_from_pip)"; then
+    lib="$from/lib/libdnnl.so.2" inc="$from/include"
+  elif from="$(onednn_from_system)"; then
+    read -r lib inc <<<"$from"
+  else
+    log "oneDNN not available (pip could not install envs/onednn-requirements.txt, no libdnnl-dev): Jittor uses its generic CPU kernels (use_mkl=0)"
     return 0
   fi
-  if [ "$(readlink "$dir/lib/libmkldnn.so" 2>/dev/null)" != "$lib" ]; then
+  if [ "$(readlink "$dir/lib/libmkldnn.so" 2>/dev/null)" != "$lib" ] || [ "$(readlink "$dir/include")" != "$inc" ]; then
     mkdir -p "$dir/lib"
     ln -sfn "$lib" "$dir/lib/libmkldnn.so"
-    ln -sfn /usr/include "$dir/include"
+    ln -sfn "$lib" "$dir/lib/libdnnl.so.2"
+    ln -sfn "$inc" "$dir/include"
     log "oneDNN wired into Jittor's cache ($lib): use_mkl=1"
   fi
+}
+
+# Intel's MKL for the CPU GEMMs of jstyle/models/linear.py (envs/mkl-requirements.txt): into a cached folder, linked
+# as $JSTYLE_HOME/mkl/lib (env.sh exports it as JSTYLE_MKL_DIR). Only the GNU OpenMP / LP64 layers and the per-ISA
+# kernels are kept. JSTYLE_MKL=0 skips it (Jittor's oneDNN GEMMs then).
+install_mkl() {
+  [ "${JSTYLE_MKL:-1}" = 1 ] || { log "MKL disabled (JSTYLE_MKL=0): GEMMs by oneDNN"; return 0; }
+  local req="$here/mkl-requirements.txt" dir
+  dir="$JSTYLE_HOME/mkl/$(stamp_of "$req")"
+  if [ ! -e "$dir/.jstyle-stamp" ]; then
+    rm -rf "$dir.tmp"
+    if ! "$JSTYLE_PYTHON" -m pip install --disable-pip-version-check -q --no-deps --prefix "$dir.tmp" -r "$req" \
+        >/dev/null 2>&1 || [ ! -e "$dir.tmp/lib/libmkl_gnu_thread.so.3" ]; then
+      rm -rf "$dir.tmp"
+      log "MKL not available (pip could not install envs/mkl-requirements.txt): GEMMs by oneDNN"
+      return 0
+    fi
+    find "$dir.tmp/lib" -maxdepth 1 -name 'libmkl_*' \( -name '*scalapack*' -o -name '*blacs*' -o -name '*cdft*' \
+      -o -name '*tbb_thread*' -o -name '*intel_thread*' -o -name '*sequential*' -o -name '*ilp64*' \
+      -o -name 'libmkl_intel_lp64*' \) -delete
+    touch "$dir.tmp/.jstyle-stamp" && rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  [ "$(readlink "$JSTYLE_HOME/mkl/lib")" = "$dir/lib" ] || ln -sfn "$dir/lib" "$JSTYLE_HOME/mkl/lib"
 }
 
 # Jittor 1.3.11 does not build on CUDA 13 / cuDNN 9 as released: envs/patch_jittor.py (a no-op once applied;
@@ -282,6 +332,7 @@ if [ "$which_envs" != checker ]; then
     exit 0
   fi
   timed "oneDNN" wire_onednn
+  timed "MKL" install_mkl
   timed "CUDA home" setup_cuda
   # env.sh picks use_mkl and nvcc_path from the steps above; re-read it now that their files may exist.
   if [ "$user_use_mkl" = unset ]; then unset use_mkl; fi

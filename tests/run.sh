@@ -42,10 +42,10 @@ echo "== jstyle tests (Jittor, $JSTYLE_PYTHON)"
 # The files whose numbers go through oneDNN (convolutions, GEMMs: UNet, VAE, CLIP, attention, the pipeline),
 # not the float16 or pure-Jittor-kernel ones; counted in the total below.
 if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
-  echo "== numeric tests with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)"
-  avx2_tests=(test_conv.py test_unet.py test_vae.py test_clip_text.py test_device_paths.py test_numerics.py
+  echo "== numeric tests with oneDNN and MKL capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2)"
+  avx2_tests=(test_conv.py test_linear.py test_unet.py test_vae.py test_clip_text.py test_device_paths.py test_numerics.py
     test_pipeline.py test_attention_backward.py)
-  ONEDNN_MAX_CPU_ISA=AVX2 "$JSTYLE_PYTHON" -m pytest "${avx2_tests[@]/#/tests/jstyle/}" -q -p no:cacheprovider \
+  ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 "$JSTYLE_PYTHON" -m pytest "${avx2_tests[@]/#/tests/jstyle/}" -q -p no:cacheprovider \
     -k "not float16_upcast_gradients and not writer_folder and not fp16_variant" \
     -o junit_suite_name=jstyle-avx2 --junitxml="$results/jstyle-avx2.xml" "$@"
   rc=$?

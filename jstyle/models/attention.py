@@ -12,6 +12,7 @@ import jittor as jt
 from jittor import nn
 
 from ..ops import attention
+from .linear import Linear
 from .normalization import GroupNorm
 
 __all__ = ["Attention", "AttnProcessor", "AttentionHooksMixin"]
@@ -112,10 +113,10 @@ class Attention(nn.Module):
         self.group_norm = (
             GroupNorm(norm_num_groups, query_dim, eps=eps, affine=True) if norm_num_groups else None
         )
-        self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
-        self.to_k = nn.Linear(kv_dim, inner_dim, bias=bias)
-        self.to_v = nn.Linear(kv_dim, inner_dim, bias=bias)
-        self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias), nn.Dropout(dropout)])
+        self.to_q = Linear(query_dim, inner_dim, bias=bias)
+        self.to_k = Linear(kv_dim, inner_dim, bias=bias)
+        self.to_v = Linear(kv_dim, inner_dim, bias=bias)
+        self.to_out = nn.ModuleList([Linear(inner_dim, query_dim, bias=out_bias), nn.Dropout(dropout)])
         self.processor = AttnProcessor()
 
     def head_to_batch_dim(self, x: jt.Var) -> jt.Var:

@@ -19,6 +19,7 @@ from jittor import nn
 
 from ..errors import ConfigError, InputError
 from ..ops import ACTIVATIONS, attention
+from .linear import Linear
 from .normalization import LayerNorm
 
 __all__ = ["CLIPTextModel", "CLIPTextModelOutput", "causal_attention_mask", "pooled_positions"]
@@ -77,10 +78,10 @@ class CLIPAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.scale = self.head_dim**-0.5
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = nn.Linear(hidden_size, hidden_size)
-        self.v_proj = nn.Linear(hidden_size, hidden_size)
-        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.q_proj = Linear(hidden_size, hidden_size)
+        self.k_proj = Linear(hidden_size, hidden_size)
+        self.v_proj = Linear(hidden_size, hidden_size)
+        self.out_proj = Linear(hidden_size, hidden_size)
 
     def _heads(self, x: jt.Var) -> jt.Var:
         b, s, _ = x.shape
@@ -98,8 +99,8 @@ class CLIPMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, act: str):
         super().__init__()
         self.act = ACTIVATIONS[act]
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.fc1 = Linear(hidden_size, intermediate_size)
+        self.fc2 = Linear(intermediate_size, hidden_size)
 
     def execute(self, x: jt.Var) -> jt.Var:
         return self.fc2(self.act(self.fc1(x)))

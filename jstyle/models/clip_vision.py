@@ -15,6 +15,7 @@ from jittor import nn
 from ..errors import ConfigError, InputError
 from .clip_text import CLIPEncoder
 from .conv import Conv2d
+from .linear import Linear
 from .normalization import LayerNorm
 
 __all__ = ["CLIPVisionModelWithProjection", "clip_preprocess", "CLIP_MEAN", "CLIP_STD"]
@@ -89,7 +90,7 @@ class CLIPVisionModelWithProjection(nn.Module):
         c = {**_DEFAULTS, **config}
         self.image_size = c["image_size"]
         self.vision_model = CLIPVisionTransformer(c)
-        self.visual_projection = nn.Linear(c["hidden_size"], c["projection_dim"], bias=False)
+        self.visual_projection = Linear(c["hidden_size"], c["projection_dim"], bias=False)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> CLIPVisionModelWithProjection:

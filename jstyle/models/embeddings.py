@@ -9,6 +9,7 @@ from jittor import nn
 
 from ..errors import ConfigError
 from ..ops import ACTIVATIONS
+from .linear import Linear
 
 __all__ = ["get_timestep_embedding", "TimestepEmbedding"]
 
@@ -49,9 +50,9 @@ class TimestepEmbedding(nn.Module):
         super().__init__()
         if act_fn not in ACTIVATIONS:
             raise ConfigError(f"act_fn={act_fn!r} is not supported; use one of {sorted(ACTIVATIONS)}")
-        self.linear_1 = nn.Linear(in_channels, time_embed_dim)
+        self.linear_1 = Linear(in_channels, time_embed_dim)
         self.act = ACTIVATIONS[act_fn]
-        self.linear_2 = nn.Linear(time_embed_dim, out_dim or time_embed_dim)
+        self.linear_2 = Linear(time_embed_dim, out_dim or time_embed_dim)
 
     def execute(self, sample: jt.Var) -> jt.Var:
         return self.linear_2(self.act(self.linear_1(sample)))

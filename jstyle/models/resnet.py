@@ -8,6 +8,7 @@ from jittor import nn
 from ..ops import silu
 from .conv import Conv2d
 from .hooks import ForwardHooksMixin
+from .linear import Linear
 from .normalization import GroupNorm
 
 __all__ = ["ResnetBlock2D", "Downsample2D", "Upsample2D"]
@@ -31,7 +32,7 @@ class ResnetBlock2D(ForwardHooksMixin, nn.Module):
         self.output_scale_factor = output_scale_factor
         self.norm1 = GroupNorm(groups, in_channels, eps=eps, affine=True)
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride=1, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
+        self.time_emb_proj = Linear(temb_channels, out_channels) if temb_channels else None
         self.norm2 = GroupNorm(groups, out_channels, eps=eps, affine=True)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = Conv2d(out_channels, out_channels, 3, stride=1, padding=1)

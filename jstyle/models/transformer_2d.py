@@ -17,6 +17,7 @@ from ..ops import gelu
 from .attention import Attention
 from .conv import Conv2d
 from .hooks import ForwardHooksMixin
+from .linear import Linear
 from .normalization import GroupNorm, LayerNorm
 
 __all__ = ["GEGLU", "FeedForward", "BasicTransformerBlock", "Transformer2DModel"]
@@ -27,7 +28,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, bias: bool = True):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2, bias=bias)
+        self.proj = Linear(dim_in, dim_out * 2, bias=bias)
 
     def execute(self, x: jt.Var) -> jt.Var:
         p = self.proj(x)
@@ -56,7 +57,7 @@ class FeedForward(nn.Module):
         self.net = nn.ModuleList([
             GEGLU(dim, inner_dim, bias=bias),
             nn.Dropout(dropout),
-            nn.Linear(inner_dim, dim_out or dim, bias=bias),
+            Linear(inner_dim, dim_out or dim, bias=bias),
         ])
 
     def execute(self, x: jt.Var) -> jt.Var:
@@ -140,7 +141,7 @@ class Transformer2DModel(ForwardHooksMixin, nn.Module):
         self.use_linear_projection = use_linear_projection
         self.norm = GroupNorm(norm_num_groups, in_channels, eps=1e-6, affine=True)
         if use_linear_projection:
-            self.proj_in = nn.Linear(in_channels, inner_dim)
+            self.proj_in = Linear(in_channels, inner_dim)
         else:
             self.proj_in = Conv2d(in_channels, inner_dim, 1, stride=1, padding=0)
         self.transformer_blocks = nn.ModuleList([
@@ -152,7 +153,7 @@ class Transformer2DModel(ForwardHooksMixin, nn.Module):
             for _ in range(num_layers)
         ])
         if use_linear_projection:
-            self.proj_out = nn.Linear(inner_dim, in_channels)
+            self.proj_out = Linear(inner_dim, in_channels)
         else:
             self.proj_out = Conv2d(inner_dim, in_channels, 1, stride=1, padding=0)
 

@@ -88,7 +88,8 @@ def test_cached_weights_follow_the_weight(monkeypatch):
 
 def test_onednn_honours_the_avx2_cap():
     """tests/run.sh's second pass caps oneDNN at AVX2 (the kernels an AVX2-only machine runs); a oneDNN built
-    without that switch (DNNL_ENABLE_MAX_CPU_ISA=OFF) would silently run its AVX-512 kernels there."""
+    without that switch (DNNL_ENABLE_MAX_CPU_ISA=OFF) would silently run its AVX-512 kernels there. Both oneDNN
+    builds envs/setup.sh wires (pip's 2.6.0, Debian's 2.6.3) honour it."""
     code = ("import jittor as jt; from jstyle.models import conv as C\n"
             "with jt.no_grad(): C.conv2d(jt.ones((1, 8, 9, 9)), jt.ones((16, 8, 3, 3)), None, (1, 1), (1, 1)).sync()")
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ONEDNN_VERBOSE": "1"}
@@ -98,3 +99,18 @@ def test_onednn_honours_the_avx2_cap():
     assert any(",info,cpu,isa:" in ln and ln.endswith("AVX2") for ln in lines), "\n".join(lines[:5])
     convs = [ln for ln in lines if ",exec,cpu,convolution," in ln]
     assert convs and not any("avx512" in ln for ln in convs), convs
+
+
+def test_jittor_and_jstyle_run_the_onednn_set_up_wired():
+    """envs/setup.sh wires one oneDNN (pip's by default, else Debian's) into Jittor's cache: Jittor's ops and the
+    kernels jstyle compiles (their headers through env.sh's CPATH) load that library, not another copy."""
+    wired = os.environ.get("JSTYLE_ONEDNN_DIR", "")
+    if os.environ.get("use_mkl") != "1" or not wired:
+        pytest.skip("no oneDNN wired by envs/setup.sh (use_mkl=0)")
+    code = ("import jittor as jt; from jstyle.models import conv as C\n"
+            "with jt.no_grad(): C.conv2d(jt.ones((1, 8, 9, 9)), jt.ones((16, 8, 3, 3)), None, (1, 1), (1, 1)).sync()\n"
+            "print(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libdnnl' in l}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    want = os.path.realpath(os.path.join(wired, "lib", "libmkldnn.so"))
+    assert out.stdout.strip().splitlines()[-1] == str([want]), (out.stdout[-500:], want)

@@ -1,0 +1,79 @@
+"""Linear whose CPU float32 inference is one MKL sgemm with the bias as its C operand.
+
+Jittor's `nn.Linear` runs x W^T through oneDNN's sgemm and adds the bias in a second pass. Where envs/setup.sh
+installed Intel's MKL (the GEMM library torch's CPU wheels carry; env.sh exports its folder as `JSTYLE_MKL_DIR`),
+inference (`jt.no_grad`) in float32 on CPU calls MKL's `cblas_sgemm` instead, threaded by GNU OpenMP (the runtime
+Jittor's kernels and oneDNN already use), with C preset to the bias and beta = 1. Everywhere else (training,
+float16, CUDA, no MKL, `JSTYLE_MKL=0`) it is `jittor.nn.Linear`, whose parameters and state-dict keys it keeps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import jittor as jt
+from jittor import nn
+
+from .. import kernels
+
+__all__ = ["Linear", "linear", "mkl_available"]
+
+# MKL's single dynamic libraries for the GNU OpenMP / gfortran-LP64 layering (what `-lmkl_gf_lp64 -lmkl_gnu_thread
+# -lmkl_core -lgomp` links); MKL loads its per-ISA kernels (libmkl_avx2, _avx512, ...) from the same folder itself.
+_LIBS = ("libmkl_core.so.3", "libmkl_gnu_thread.so.3", "libmkl_gf_lp64.so.3")
+
+_HEADER = r"""
+extern "C" void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
+                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
+"""
+
+# in0 = x [M, K], in1 = W [N, K], in2 = b [N] (BIAS); out0 = y [M, N] = x W^T + b  (row-major, W transposed)
+_SRC = r"""
+const int M = in0_shape0, K = in0_shape1, N = in1_shape0;
+float* y = out0_p;
+#if BIAS
+#pragma omp parallel for schedule(static) if ((long)M * N >= PARALLEL_MIN)
+for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) y[(long)i * N + j] = in2_p[j];
+#endif
+cblas_sgemm(101, 111, 112, M, N, K, 1.f, in0_p, K, in1_p, K, BIAS ? 1.f : 0.f, y, N);
+"""
+
+
+@functools.cache
+def mkl_available() -> bool:
+    """MKL's libraries are in JSTYLE_MKL_DIR and loaded (once, globally, so kernels resolve cblas_sgemm)."""
+    folder = os.environ.get("JSTYLE_MKL_DIR", "")
+    if os.environ.get("JSTYLE_MKL", "1") == "0" or not folder:
+        return False
+    try:
+        for name in _LIBS:
+            ctypes.CDLL(os.path.join(folder, name), mode=os.RTLD_GLOBAL | os.RTLD_LAZY)
+    except OSError:
+        return False
+    return True
+
+
+def _fast(x: jt.Var, weight: jt.Var, bias: jt.Var | None) -> bool:
+    return (jt.flags.no_grad and not jt.flags.use_cuda and x.dtype == "float32" and weight.dtype == "float32"
+            and (bias is None or bias.dtype == "float32") and mkl_available())
+
+
+def linear(x: jt.Var, weight: jt.Var, bias: jt.Var | None = None) -> jt.Var:
+    """torch.nn.functional.linear: x [..., K] W[N, K]^T + b; MKL in float32 CPU inference, else jittor's."""
+    if not _fast(x, weight, bias):
+        return nn.linear(x, weight, bias)
+    rows = x.reshape((-1, x.shape[-1]))
+    inputs = [rows, weight] + ([bias] if bias is not None else [])
+    src = _SRC.replace("BIAS", "1" if bias is not None else "0").replace("PARALLEL_MIN", f"{kernels.PARALLEL_MIN}L")
+    y = jt.code((rows.shape[0], weight.shape[0]), "float32", inputs, cpu_header=_HEADER, cpu_src=src)
+    return y.reshape((*x.shape[:-1], weight.shape[0]))
+
+
+class Linear(nn.Linear):
+    """jittor.nn.Linear (same parameters and state-dict keys) whose forward is `linear` above."""
+
+    def execute(self, x: jt.Var) -> jt.Var:
+        return linear(x, self.weight, self.bias)
