@@ -135,7 +135,8 @@ wire_onednn() {
     log "oneDNN not available (pip could not install envs/onednn-requirements.txt, no libdnnl-dev): Jittor uses its generic CPU kernels (use_mkl=0)"
     return 0
   fi
-  if [ "$(readlink "$dir/lib/libmkldnn.so" 2>/dev/null)" != "$lib" ] || [ "$(readlink "$dir/include")" != "$inc" ]; then
+  if [ "$(readlink "$dir/lib/libmkldnn.so" 2>/dev/null)" != "$lib" ] || [ "$(readlink "$dir/lib/libdnnl.so.2")" != "$lib" ] \
+      || [ "$(readlink "$dir/include")" != "$inc" ]; then
     mkdir -p "$dir/lib"
     ln -sfn "$lib" "$dir/lib/libmkldnn.so"
     ln -sfn "$lib" "$dir/lib/libdnnl.so.2"

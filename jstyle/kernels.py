@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import jittor as jt
 
-__all__ = ["enabled", "group_norm", "layer_norm", "geglu", "exp_shifted", "attention", "PARALLEL_MIN"]
+from . import mkl
+
+__all__ = [
+    "enabled", "group_norm", "layer_norm", "geglu", "exp_shifted", "attention", "attention_blocks", "PARALLEL_MIN",
+]
 
 _HEADER = "#include <algorithm>\n#include <cmath>\n#include <vector>\n"
 # A loop over fewer elements stays on one thread. A parallel region costs microseconds on idle cores but a
@@ -383,4 +387,51 @@ def attention(query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.
     for token, line in _ATTN_MASK.items():
         src = src.replace(token, line if mask is not None else "")
     out = _code([shape], inputs, src, scale=float(scale))[0]
+    return out.stop_grad()
+
+
+# ------------------------------------------------------------------------------------ large attention (MKL)
+# The same softmax(s Q K^T) V for long sequences (the UNet's self-attention), without a mask: each OpenMP task
+# takes one (batch, head) and a block of ROWS query rows, S = s Q_blk K^T by one MKL sgemm into its own
+# [ROWS, M] buffer (which stays in cache), e = exp(S - row max) with the row sums l, O = e V by a second sgemm,
+# then O / l. MKL runs single-threaded inside the parallel region; the tasks split the cores.
+_ATTN_BLOCKS = """
+const int B = in0_shape0, H = in0_shape1, N = in0_shape2, D = in0_shape3;
+const int BK = in1_shape0, HK = in1_shape1, M = in1_shape2, E = in2_shape3;
+const float scale = data["scale"];
+const int R = ROWS, blocks = (N + R - 1) / R;
+#pragma omp parallel
+{
+    std::vector<float> sbuf((size_t)R * M), lbuf(R);
+    #pragma omp for schedule(dynamic)
+    for (long t = 0; t < (long)B * H * blocks; t++) {
+        const int bh = t / blocks, r0 = (t % blocks) * R, rows = std::min(R, N - r0);
+        const int b = bh / H, h = bh % H;
+        const long kv = ((long)std::min(b, BK - 1) * HK + std::min(h, HK - 1)) * M;
+        const float* q = in0_p + ((long)bh * N + r0) * D;
+        float* s = sbuf.data();
+        float* o = out0_p + ((long)bh * N + r0) * E;
+        cblas_sgemm(101, 111, 112, rows, M, D, scale, q, D, in1_p + kv * D, D, 0.f, s, M);
+        for (int i = 0; i < rows; i++) {
+            float* si = s + (long)i * M;
+            float top = -3.4e38f, sum = 0.f;
+            for (int j = 0; j < M; j++) top = si[j] > top ? si[j] : top;
+            for (int j = 0; j < M; j++) { si[j] = std::exp(si[j] - top); sum += si[j]; }
+            lbuf[i] = 1.f / sum;
+        }
+        cblas_sgemm(101, 111, 111, rows, E, M, 1.f, s, M, in2_p + kv * E, E, 0.f, o, E);
+        for (int i = 0; i < rows; i++)
+            for (int c = 0; c < E; c++) o[(long)i * E + c] *= lbuf[i];
+    }
+}
+"""
+ATTENTION_ROWS = 64  # query rows a task: its [64, M] scores stay in L2 up to M = 4096 (SD at 512 px: 1 MB)
+
+
+def attention_blocks(query: jt.Var, key: jt.Var, value: jt.Var, scale: float) -> jt.Var:
+    """softmax(scale * Q K^T) V of float32 [B, heads, N, d] inputs by MKL GEMMs on blocks of query rows, without
+    a mask or a gradient (jstyle.mkl.available() must hold); K / V broadcast from a batch or head of 1."""
+    shape = (*query.shape[:3], value.shape[-1])
+    out = jt.code(shape, "float32", [query, key, value], cpu_header=_HEADER + mkl.CBLAS_HEADER,
+                  cpu_src=_ATTN_BLOCKS.replace("ROWS", str(ATTENTION_ROWS)), data={"scale": float(scale)})
     return out.stop_grad()

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import jittor as jt
 import numpy as np
 
-from . import kernels
+from . import kernels, mkl
 
 __all__ = ["silu", "gelu", "quick_gelu", "mean_std", "attention", "attention_batched", "attention_per_head",
            "attention_recomputed", "attention_kernel", "ATTENTION_KERNELS", "as_dtype", "randn", "ACTIVATIONS"]
@@ -63,7 +63,7 @@ def mean_std(
     return mean, jt.sqrt(var + eps)
 
 
-ATTENTION_KERNELS = ("batched", "per_head", "fused")
+ATTENTION_KERNELS = ("batched", "per_head", "fused", "blocks")
 
 
 def attention_kernel(ndim: int, use_cuda: bool) -> str:
@@ -263,17 +263,32 @@ def _fused(
     return kernels.attention(query, key, value, scale, _mask4(mask))
 
 
+def _blocks_apply(query: jt.Var, key: jt.Var, value: jt.Var, mask: jt.Var | None) -> bool:
+    """kernels.attention_blocks can run: as the fused kernel, without a mask, with MKL."""
+    return mask is None and _fused_applies(query, key, value, None) and mkl.available()
+
+
+def _blocks(
+    query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.Var | None,
+    upcast_attention: bool, upcast_softmax: bool,
+) -> jt.Var:
+    """kernels.attention_blocks (float32 throughout, so the upcast flags change nothing)."""
+    return kernels.attention_blocks(query, key, value, scale)
+
+
 def attention(
     query: jt.Var, key: jt.Var, value: jt.Var, scale: float, mask: jt.Var | None = None,
     upcast_attention: bool = False, upcast_softmax: bool = False, kernel: str | None = None, training: bool = False,
 ) -> jt.Var:
-    """softmax(scale * Q K^T + mask) V by `kernel` ('batched' / 'per_head' / 'fused'; None: `attention_kernel`'s
-    choice, with 'fused' in its place where it applies: CPU inference in float32, at most FUSED_MAX_SCORES scores
-    a head, and not `training` (a module in training mode: its forward stays the one its gradients differentiate,
+    """softmax(scale * Q K^T + mask) V by `kernel` ('batched' / 'per_head' / 'fused' / 'blocks'; None:
+    `attention_kernel`'s choice, with 'fused' in its place where it applies: CPU inference in float32, at most
+    FUSED_MAX_SCORES scores a head, and not `training`; above that size 'blocks' where MKL is installed and there is
+    no mask (a module in training mode: its forward stays the one its gradients differentiate,
     also where gradient checkpointing runs it under no_grad).
 
     per_head with gradients to compute (training) takes `attention_recomputed`: the same forward pass. fused is
-    kernels.attention, one multi-threaded pass per query row without a gradient."""
+    kernels.attention, one multi-threaded pass per query row without a gradient; blocks is
+    kernels.attention_blocks, MKL GEMMs on blocks of query rows."""
     auto = kernel is None
     kernel = kernel or attention_kernel(query.ndim, bool(jt.flags.use_cuda))
     if kernel not in ATTENTION_KERNELS:
@@ -281,12 +296,15 @@ def attention(
     if kernel in ("per_head", "fused") and query.ndim != 4:
         raise ValueError(f"the {kernel} attention kernel needs [B, heads, N, d], got {query.ndim}-D; use batched")
     small = query.shape[-2] * key.shape[-2] <= FUSED_MAX_SCORES
-    if auto and kernel == "per_head" and small and not training and _fused_applies(query, key, value, mask):
-        kernel = "fused"
+    if auto and kernel == "per_head" and not training and _fused_applies(query, key, value, mask):
+        kernel = "fused" if small else "blocks" if _blocks_apply(query, key, value, mask) else kernel
     elif kernel == "fused" and not _fused_applies(query, key, value, mask):
         raise ValueError("the fused attention kernel needs float32 inputs on CPU and no gradient "
                          "(run under jt.no_grad()); use per_head")
-    fn = {"batched": attention_batched, "per_head": attention_per_head, "fused": _fused}[kernel]
+    elif kernel == "blocks" and not _blocks_apply(query, key, value, mask):
+        raise ValueError("the blocks attention kernel needs float32 inputs on CPU, no mask, no gradient "
+                         "(run under jt.no_grad()) and MKL (envs/setup.sh); use per_head")
+    fn = {"batched": attention_batched, "per_head": attention_per_head, "fused": _fused, "blocks": _blocks}[kernel]
     if kernel == "per_head" and _needs_grad(query, key, value) and (mask is None or mask.is_stop_grad()):
         fn = attention_recomputed  # training: the same forward, a backward that holds one head at a time
     return fn(query, key, value, scale, mask, upcast_attention, upcast_softmax)

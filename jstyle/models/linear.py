@@ -1,33 +1,20 @@
 """Linear whose CPU float32 inference is one MKL sgemm with the bias as its C operand.
 
-Jittor's `nn.Linear` runs x W^T through oneDNN's sgemm and adds the bias in a second pass. Where envs/setup.sh
-installed Intel's MKL (the GEMM library torch's CPU wheels carry; env.sh exports its folder as `JSTYLE_MKL_DIR`),
-inference (`jt.no_grad`) in float32 on CPU calls MKL's `cblas_sgemm` instead, threaded by GNU OpenMP (the runtime
-Jittor's kernels and oneDNN already use), with C preset to the bias and beta = 1. Everywhere else (training,
-float16, CUDA, no MKL, `JSTYLE_MKL=0`) it is `jittor.nn.Linear`, whose parameters and state-dict keys it keeps.
+Jittor's `nn.Linear` runs x W^T through oneDNN's sgemm and adds the bias in a second pass. Where MKL is
+installed (`jstyle.mkl`), inference (`jt.no_grad`) in float32 on CPU calls MKL's `cblas_sgemm` instead, threaded
+by GNU OpenMP (the runtime Jittor's kernels and oneDNN already use), with C preset to the bias and beta = 1.
+Everywhere else (training, float16, CUDA, no MKL, `JSTYLE_MKL=0`) it is `jittor.nn.Linear`, whose parameters
+and state-dict keys it keeps.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
-
 import jittor as jt
 from jittor import nn
 
-from .. import kernels
+from .. import kernels, mkl
 
-__all__ = ["Linear", "linear", "mkl_available"]
-
-# MKL's single dynamic libraries for the GNU OpenMP / gfortran-LP64 layering (what `-lmkl_gf_lp64 -lmkl_gnu_thread
-# -lmkl_core -lgomp` links); MKL loads its per-ISA kernels (libmkl_avx2, _avx512, ...) from the same folder itself.
-_LIBS = ("libmkl_core.so.3", "libmkl_gnu_thread.so.3", "libmkl_gf_lp64.so.3")
-
-_HEADER = r"""
-extern "C" void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
-                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
-"""
+__all__ = ["Linear", "linear"]
 
 # in0 = x [M, K], in1 = W [N, K], in2 = b [N] (BIAS); out0 = y [M, N] = x W^T + b  (row-major, W transposed)
 _SRC = r"""
@@ -42,23 +29,9 @@ cblas_sgemm(101, 111, 112, M, N, K, 1.f, in0_p, K, in1_p, K, BIAS ? 1.f : 0.f, y
 """
 
 
-@functools.cache
-def mkl_available() -> bool:
-    """MKL's libraries are in JSTYLE_MKL_DIR and loaded (once, globally, so kernels resolve cblas_sgemm)."""
-    folder = os.environ.get("JSTYLE_MKL_DIR", "")
-    if os.environ.get("JSTYLE_MKL", "1") == "0" or not folder:
-        return False
-    try:
-        for name in _LIBS:
-            ctypes.CDLL(os.path.join(folder, name), mode=os.RTLD_GLOBAL | os.RTLD_LAZY)
-    except OSError:
-        return False
-    return True
-
-
 def _fast(x: jt.Var, weight: jt.Var, bias: jt.Var | None) -> bool:
     return (jt.flags.no_grad and not jt.flags.use_cuda and x.dtype == "float32" and weight.dtype == "float32"
-            and (bias is None or bias.dtype == "float32") and mkl_available())
+            and (bias is None or bias.dtype == "float32") and mkl.available())
 
 
 def linear(x: jt.Var, weight: jt.Var, bias: jt.Var | None = None) -> jt.Var:
@@ -68,7 +41,7 @@ def linear(x: jt.Var, weight: jt.Var, bias: jt.Var | None = None) -> jt.Var:
     rows = x.reshape((-1, x.shape[-1]))
     inputs = [rows, weight] + ([bias] if bias is not None else [])
     src = _SRC.replace("BIAS", "1" if bias is not None else "0").replace("PARALLEL_MIN", f"{kernels.PARALLEL_MIN}L")
-    y = jt.code((rows.shape[0], weight.shape[0]), "float32", inputs, cpu_header=_HEADER, cpu_src=src)
+    y = jt.code((rows.shape[0], weight.shape[0]), "float32", inputs, cpu_header=mkl.CBLAS_HEADER, cpu_src=src)
     return y.reshape((*x.shape[:-1], weight.shape[0]))
 
 

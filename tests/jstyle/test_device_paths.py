@@ -17,6 +17,7 @@ import jittor as jt
 import numpy as np
 import pytest
 
+from jstyle import mkl
 from jstyle.errors import ConfigError
 from jstyle.loading import load_model
 from jstyle.models.attention import Attention, AttnProcessor
@@ -82,9 +83,10 @@ def test_dispatcher_picks_batched_on_cuda_per_head_on_cpu_and_fused_for_cpu_infe
         attention(q, k, v, 0.35, mask, kernel="fused")
 
 
-@pytest.mark.parametrize("kernel", ATTENTION_KERNELS)
+@pytest.mark.parametrize("kernel", [k for k in ATTENTION_KERNELS if k != "blocks"])
 def test_kernel_with_mask_matches_diffusers_attention(kernel, ref):
-    """A mask broadcast over the heads (CLIP's causal mask takes the batched kernel on CUDA)."""
+    """A mask broadcast over the heads (CLIP's causal mask takes the batched kernel on CUDA). The blocks kernel
+    takes no mask: it is checked against diffusers in every attention layer of the tiny UNets below."""
     q, k, v, mask = (jt.array(INPUTS[n]) for n in ("q", "k", "v", "mask"))
     with jt.no_grad():  # fused runs without a gradient only
         out = attention(q, k, v, 8**-0.5, mask, kernel=kernel).numpy()
@@ -99,13 +101,17 @@ def unets(tiny_ref) -> dict[str, UNet2DConditionModel]:
 
 # per_head: test_unet's kernels, compiled already; batched on sd2 only (upcast attention, heads (2, 4)): sd1's
 # batched run would cost another 7.5 s of kernel compilation for the same branch
-@pytest.mark.parametrize("kind, kernel", [("sd1", "per_head"), ("sd2", "per_head"), ("sd2", "batched")])
+@pytest.mark.parametrize("kind, kernel", [("sd1", "per_head"), ("sd2", "per_head"), ("sd2", "batched"),
+                                          ("sd2", "blocks")])
 def test_unet_with_each_kernel_matches_diffusers(kind, kernel, unets, refs):
-    """Each kernel forced in every attention layer of the tiny UNets."""
+    """Each kernel forced in every attention layer of the tiny UNets (blocks: inference, where MKL is)."""
+    if kernel == "blocks" and not mkl.available():
+        pytest.skip("the blocks kernel needs MKL (envs/setup.sh)")
     unet, r = unets[kind], refs(kind)
     unet.set_attn_processor(AttnProcessor(kernel=kernel))
-    try:  # no jt.no_grad(): the graph of test_unet, whose per-head kernels are compiled already
-        out = unet(jt.array(r["unet_sample"]), jt.array(r["unet_timesteps"]), jt.array(r["unet_context"]))
+    try:  # no jt.no_grad() but for blocks: the graph of test_unet, whose per-head kernels are compiled already
+        with jt.flag_scope(no_grad=int(kernel == "blocks")):
+            out = unet(jt.array(r["unet_sample"]), jt.array(r["unet_timesteps"]), jt.array(r["unet_context"]))
     finally:
         unet.set_attn_processor(AttnProcessor())
     # float32 through ~30 layers of width <= 64 on outputs ~2.5: eps32 x 64 x 30 x 2.5 ~ 5.7e-4; measured ~4e-6

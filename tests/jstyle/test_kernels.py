@@ -13,7 +13,7 @@ import jittor as jt
 import numpy as np
 import pytest
 
-from jstyle import kernels
+from jstyle import kernels, mkl
 from jstyle.models.normalization import GroupNorm, LayerNorm, group_norm
 from jstyle.models.transformer_2d import GEGLU
 
@@ -130,3 +130,26 @@ def test_attention(kv_batch, mask_shape):
     assert got.shape == want.shape == (2, 3, n, 24)
     # float32 scores of 16 terms (|s| <~ 5), the output a sum of m terms of |V| <~ 12: eps32 x m x 12
     assert_close(got.numpy(), want.numpy(), atol=f32_bound(m, 12.0), what=f"fused attention {mask_shape}")
+
+
+@pytest.mark.skipif(not mkl.available(), reason="needs MKL (JSTYLE_MKL_DIR, installed by envs/setup.sh)")
+@pytest.mark.parametrize("kv_batch", [2, 1])
+def test_attention_blocks(kv_batch):
+    """The MKL kernel for long sequences: 150 query rows (two full blocks of 64 and a partial one), K / V of 200
+    keys, of batch 1 broadcast (StyleID's injected keys); picked by `attention` above FUSED_MAX_SCORES."""
+    from jstyle.ops import FUSED_MAX_SCORES, attention, attention_batched
+
+    rng = np.random.default_rng(8)
+    q, k, v = _var(rng, (2, 3, 150, 16)), _var(rng, (kv_batch, 3, 200, 16)), _var(rng, (kv_batch, 3, 200, 24), 3.0)
+    assert 150 * 200 < FUSED_MAX_SCORES < 300 * 200
+    with jt.no_grad():
+        got = attention(q, k, v, 0.25, kernel="blocks")
+        want = attention_batched(q, k, v, 0.25)
+        q2 = jt.concat([q, q], dim=2)  # 300 x 200 scores a head: above FUSED_MAX_SCORES, auto picks blocks
+        auto, named = attention(q2, k, v, 0.25), attention(q2, k, v, 0.25, kernel="blocks")
+    assert got.shape == want.shape == (2, 3, 150, 24)
+    # as test_attention: scores of 16 terms, the output a sum of 200 terms of |V| <~ 12: eps32 x 200 x 12
+    assert_close(got.numpy(), want.numpy(), atol=f32_bound(200, 12.0), what="blocks attention")
+    assert np.array_equal(auto.numpy(), named.numpy())  # the same kernel on the same inputs
+    with pytest.raises(ValueError, match="no mask"):
+        attention(q, k, v, 0.25, jt.zeros((1, 1, 1, 200)), kernel="blocks")

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from jittor import nn
 
+from jstyle import mkl
 from jstyle.models import linear as L
 
 from ..tolerance import assert_close, f32_bound
 
-pytestmark = pytest.mark.skipif(not L.mkl_available(), reason="needs MKL (JSTYLE_MKL_DIR, installed by envs/setup.sh)")
+pytestmark = pytest.mark.skipif(not mkl.available(), reason="needs MKL (JSTYLE_MKL_DIR, installed by envs/setup.sh)")
 
 RNG = np.random.default_rng(0)
 K = 96
