@@ -87,6 +87,8 @@ def test_two_workers_on_a_cold_kernel_cache_finish_with_one_workers_images(tmp_p
     Cold: an empty folder mounted over Jittor's jit/ in a private mount namespace (unshare), so every kernel is
     compiled here while the core build is kept and other processes keep the shared cache. StyleID has no
     training stage: both workers generate, then inject, side by side, so each kernel is wanted by both at once.
+    What keeps them apart is Jittor's compile lock (<cache>/../jittor.lock): with disable_lock=1 a worker dlopens the
+    other's half-written kernel ("file too short") and tasks fail or retry.
     Bit equality is sound here: the warm run's kernels and the cold ones come from the same source and the same
     compile command on this machine (Jittor's cache key of a kernel is exactly that), and both runs split their
     sums over the same thread count (runtime.cpu_threads), on the same seeds."""
