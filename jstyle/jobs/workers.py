@@ -9,6 +9,7 @@ that dies has its task re-queued (it counts as an attempt) and is replaced. Noth
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import functools
 import multiprocessing as mp
 import os
@@ -150,7 +151,11 @@ def _worker_main(worker: str, execute: str, out_dir: str, config: dict, threads:
     def compiling(seconds: float | None) -> None:  # to the scheduler's status line
         results.put((worker, None, "compiling", seconds, 0.0))
 
-    with stderr_to_log(stderr_log(Path(out_dir), worker), compiling):  # Jittor's output: the log, not the terminal
+    log = stderr_log(Path(out_dir), worker)
+    with stderr_to_log(log, compiling), open(log, "a") as crashes:  # Jittor's output: the log, not the terminal
+        # a fatal error's report (Python's traceback on SIGABRT, SIGSEGV, ...) is written to the log directly: the
+        # pipe's reader is a thread of this process and dies with it, unread
+        faulthandler.enable(crashes, all_threads=True)
         fn = load_task(execute)
         ctx = worker_context(worker, Path(out_dir), config)
         while True:

@@ -20,6 +20,7 @@ def execute(task, ctx) -> dict:
 
     config['crash_once']: keys whose first attempt kills the worker process (os._exit);
     config['sigkill_once']: keys whose first attempt SIGKILLs the worker process;
+    config['abort_once']: keys whose first attempt aborts the worker process (SIGABRT, as a C++ terminate would);
     config['always_fail']: keys that always raise;
     config['stderr']: bytes (latin-1 text) written to file descriptor 2 first, as Jittor's C++ writes."""
     cfg = ctx.config
@@ -34,6 +35,8 @@ def execute(task, ctx) -> dict:
         os._exit(7)
     if task.key in cfg.get("sigkill_once", ()) and tries == 1:
         os.kill(os.getpid(), 9)  # as the OOM killer would
+    if task.key in cfg.get("abort_once", ()) and tries == 1:
+        os.abort()
     start = time.time()
     time.sleep(cfg.get("sleep", 0.0))
     for rel in task.outputs:

@@ -99,6 +99,15 @@ def test_a_sigkilled_worker_does_not_take_down_a_scheduler_that_imported_jittor(
     assert json.loads((tmp_path / "manifest.json").read_text())["tasks"]["00/train"]["attempts"] == 2
 
 
+def test_a_worker_that_dies_of_a_fatal_error_leaves_its_report_in_its_log(tmp_path):
+    """Its stderr is a pipe read by a thread of its own: what that thread had not read died with the process."""
+    report = run_graph(plan(styles=("00",)), TOY, out_dir=tmp_path, config={"abort_once": ["00/train"]},
+                       workers=["cpu:0", "cpu:1"], progress=False)
+    assert report.ok and json.loads((tmp_path / "manifest.json").read_text())["tasks"]["00/train"]["attempts"] == 2
+    logs = "".join(stderr_log(tmp_path, w).read_text() for w in ("cpu:0", "cpu:1"))
+    assert "Fatal Python error: Aborted" in logs and 'jobs_tasks.py", line' in logs, logs
+
+
 def test_rerun_skips_done_and_redoes_changed_config_or_damaged_outputs(tmp_path):
     g = plan(styles=("00",))
     assert run_graph(g, TOY, out_dir=tmp_path, config={"a": 1}, workers=["cpu:0"], progress=False).ok
