@@ -3,8 +3,8 @@
 Jittor's `nn.Linear` runs x W^T through oneDNN's sgemm and adds the bias in a second pass. Where MKL is
 installed (`jstyle.mkl`), inference (`jt.no_grad`) in float32 on CPU calls MKL's `cblas_sgemm` instead, threaded
 by GNU OpenMP (the runtime Jittor's kernels and oneDNN already use), with C preset to the bias and beta = 1.
-Everywhere else (training, float16, CUDA, no MKL, `JSTYLE_MKL=0`) it is `jittor.nn.Linear`, whose parameters
-and state-dict keys it keeps.
+Everywhere else (a module in training mode, float16, CUDA, no MKL, `JSTYLE_MKL=0`) it is `jittor.nn.Linear`,
+whose parameters and state-dict keys it keeps.
 """
 
 from __future__ import annotations
@@ -46,7 +46,11 @@ def linear(x: jt.Var, weight: jt.Var, bias: jt.Var | None = None) -> jt.Var:
 
 
 class Linear(nn.Linear):
-    """jittor.nn.Linear (same parameters and state-dict keys) whose forward is `linear` above."""
+    """jittor.nn.Linear (same parameters and state-dict keys) whose forward is `linear` above in eval mode; in
+    training mode it stays Jittor's, also under no_grad, so that gradient checkpointing recomputes the forward
+    its gradients differentiate (as the attention kernels do)."""
 
     def execute(self, x: jt.Var) -> jt.Var:
+        if self.is_training():
+            return super().execute(x)
         return linear(x, self.weight, self.bias)

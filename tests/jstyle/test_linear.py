@@ -64,3 +64,18 @@ def test_model_layers_are_this_linear_with_the_same_keys():
     attn = Attention(32, heads=2, dim_head=16, out_bias=True)
     assert all(isinstance(m, L.Linear) for m in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]))
     assert {"to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias"} <= set(attn.state_dict())
+
+
+def test_a_module_in_training_mode_keeps_jittors_gemm_under_no_grad():
+    """Gradient checkpointing recomputes a training module's forward under no_grad: it must be the forward the
+    gradients differentiate, so the module takes MKL only in eval mode (bit for bit: Jittor's GEMM both times)."""
+    layer = L.Linear(K, 40)
+    layer.weight.assign(jt.array(W))
+    layer.bias.assign(jt.array(B))
+    x = jt.array(X)
+    layer.train()
+    want = layer(x).numpy()  # with gradients: Jittor's GEMM
+    with jt.no_grad():
+        np.testing.assert_array_equal(layer(x).numpy(), want)
+        layer.eval()
+        np.testing.assert_array_equal(layer(x).numpy(), L.linear(x, layer.weight, layer.bias).numpy())
