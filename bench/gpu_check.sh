@@ -270,7 +270,7 @@ phase_runner() {  # run_all.sh --demo end to end on a CUDA worker (no scoring: t
   trap - TERM
   fig "task_s=$(hpy task-seconds "$out/manifest.json")"
   fig "submission_zip=$([ -s "$out/submission.zip" ] && echo 1 || echo 0)" "out=$out"
-  fig "worker_log=$(grep -rhs "loaded .* on " "$out/logs" 2>/dev/null | head -n 3 | tr '\n' ' ' | cut -c1-400)"
+  fig "worker_log=$(grep -hs "loaded .* on " "$out"/logs/worker-*.log 2>/dev/null | head -n 3 | tr '\n' ' ' | cut -c1-400)"
   return "$rc"
 }
 
