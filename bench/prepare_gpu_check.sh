@@ -35,8 +35,11 @@ jittor_pin="$(grep '^jittor==' "$whl/requirements.txt" || true)"
 pins=()
 while IFS= read -r pin; do pins+=("$pin"); done < <(grep -v '^jittor==' "$whl/requirements.txt" || true)
 
-dl() {
-  "$py" -m pip download --disable-pip-version-check -q --no-deps -d "$whl" "$@" || {
+dl() {  # (a pip.conf's find-links folder that is not there: one warning per package, naming its path, dropped)
+  local rc=0
+  "$py" -m pip download --disable-pip-version-check -q --no-deps -d "$whl" "$@" 2>&1 \
+    | { grep -v "^WARNING: Location 'file:" || true; } >&2 || rc=$?
+  [ "$rc" = 0 ] || {
     echo "error: pip download failed (see above); run this where a package index is reachable; not ready" >&2
     exit 1
   }

@@ -18,12 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PREPARE_READS = ["bench/prepare_gpu_check.sh", "envs/jstyle-requirements.txt", "envs/checker-requirements.txt"]
 
 # `python -m pip download [options] -d DIR PIN...`: an empty wheel per PIN (an sdist under --no-binary),
-# except the pins named in FAKE_PIP_DROP; exit 1 when FAKE_PIP_FAIL is set.
+# except the pins named in FAKE_PIP_DROP; exit 1 when FAKE_PIP_FAIL is set. It warns first, as pip does here about
+# a pip.conf find-links folder that is missing.
 FAKE_PYTHON = r'''#!{python}
 import os, re, sys, zipfile
 args = sys.argv[1:]
 if args[:3] != ["-m", "pip", "download"]:
     sys.exit("fake python: only `-m pip download`")
+print("WARNING: Location 'file:///nowhere/simple/x/' is ignored: it is neither a file nor a directory.",
+      file=sys.stderr)
 if os.environ.get("FAKE_PIP_FAIL"):
     sys.exit("ERROR: Could not find a version that satisfies the requirement (no index)")
 dest = args[args.index("-d") + 1]
@@ -70,7 +73,7 @@ def test_prepare_writes_every_file_gpu_check_reads(clone, tmp_path):
     assert not (clone / ".whl").exists()
     out = prepare(clone)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "ready." in out.stdout and "error" not in out.stderr
+    assert "ready." in out.stdout and "error" not in out.stderr and "/nowhere/" not in out.stderr
     assert 'run(command="bash bench/gpu_check.sh", carry=[".whl"]' in out.stdout
     whl = clone / ".whl"
     # the jstyle env's pins (setup.sh installs JSTYLE_REQUIREMENTS=.whl/requirements.txt): all but ray's and ruff
