@@ -155,15 +155,16 @@ def python_config(base: str, out: Path) -> str:
 
 
 def pytest_summary(log: Path) -> dict[str, object]:
-    """passed/failed/error/skipped counts and the first line of each failure from a `pytest -v -rfE` log
-    (works on a log cut short by a timeout: counts are of the lines written)."""
+    """passed/failed/error/skipped counts, the first line of each failure and the slowest steps (its --durations
+    lines) from a `pytest -v -rfE` log (works on a log cut short by a timeout: counts are of the lines written)."""
     text = log.read_text(errors="replace") if log.is_file() else ""
     counts = {k: 0 for k in ("passed", "failed", "error", "skipped", "xfailed")}
     for m in re.finditer(r"^\S+::\S+ (PASSED|FAILED|ERROR|SKIPPED|XFAIL)\b", text, re.M):
         counts[{"XFAIL": "xfailed"}.get(m.group(1), m.group(1).lower())] += 1
     failures = [m.group(0)[:300] for m in re.finditer(r"^(FAILED|ERROR) \S+.*$", text, re.M)]
     finished = re.search(r"^=+ .*(passed|failed|error).* in [\d.]+s", text, re.M) is not None
-    return {**counts, "finished": finished, "failures": failures[:20]}
+    slowest = [" ".join(m.groups()) for m in re.finditer(r"^([\d.]+s) (setup|call|teardown) +(\S+)", text, re.M)]
+    return {**counts, "finished": finished, "failures": failures[:20], "slowest": slowest[:8]}
 
 
 def bench_json(log: Path) -> list[dict]:

@@ -237,7 +237,7 @@ phase_parity() {  # the tiny parity tests with Jittor on $device, references fro
   jstyle_env
   local args=() t rc
   for t in $tests; do args+=("tests/jstyle/$t"); done
-  JSTYLE_TEST_DEVICE="$device" "$JSTYLE_PYTHON" -m pytest "${args[@]}" -v -rfE -p no:cacheprovider 2>&1 \
+  JSTYLE_TEST_DEVICE="$device" "$JSTYLE_PYTHON" -m pytest "${args[@]}" -v -rfE --durations=8 -p no:cacheprovider 2>&1 \
     | tee "$work/pytest.log"
   rc="${PIPESTATUS[0]}"
   fig "summary=$(hpy pytest-summary "$work/pytest.log")"

@@ -166,3 +166,24 @@ def test_gpu_mode_fits_one_nine_minute_device_call(tmp_path):
     assert machine["limit_s"] <= machine["seconds"] <= machine["limit_s"] + 6, machine
     assert {p["status"] for n, p in phases.items() if n != "machine"} == {"skipped"}, phases
     assert data["machine"]["total_s"] <= 24 and out.returncode == 1, (data["machine"], out.stdout[-2000:])
+
+
+def test_pytest_summary_counts_failures_and_slowest(tmp_path):
+    """The parity phase's figures from a `pytest -v -rfE --durations` log: counts, failures, the slowest steps."""
+    log = tmp_path / "pytest.log"
+    log.write_text(
+        "tests/jstyle/test_a.py::test_x[ddim] PASSED [ 33%]\n"
+        "tests/jstyle/test_a.py::test_y FAILED [ 66%]\n"
+        "tests/jstyle/test_a.py::test_z SKIPPED (no GPU) [100%]\n"
+        "============================= slowest 8 durations ==============================\n"
+        "41.20s call     tests/jstyle/test_a.py::test_x[ddim]\n"
+        "3.05s setup    tests/jstyle/test_a.py::test_y\n"
+        "=========================== short test summary info ============================\n"
+        "FAILED tests/jstyle/test_a.py::test_y - AssertionError: 0.5 > 0.1\n"
+        "=================== 1 failed, 1 passed, 1 skipped in 45.10s ===================\n")
+    out = subprocess.run([sys.executable, str(ROOT / "bench/_gpu_check.py"), "pytest-summary", str(log)],
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(out.stdout) == {
+        "passed": 1, "failed": 1, "error": 0, "skipped": 1, "xfailed": 0, "finished": True,
+        "failures": ["FAILED tests/jstyle/test_a.py::test_y - AssertionError: 0.5 > 0.1"],
+        "slowest": ["41.20s call tests/jstyle/test_a.py::test_x[ddim]", "3.05s setup tests/jstyle/test_a.py::test_y"]}
