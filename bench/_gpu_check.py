@@ -7,8 +7,12 @@
     python bench/_gpu_check.py bench-json LOG                                   GPU_CHECK lines of a log
     python bench/_gpu_check.py refsite PYTHON WHEELS REQS TARGET                unpack what PYTHON lacks
     python bench/_gpu_check.py load-status JSON NAME                            a recorded phase's status
+    python bench/_gpu_check.py shorten < LOG > SHORT                            the log's paths shortened
+    python bench/_gpu_check.py task-seconds MANIFEST                            run_all's seconds per task
 
 Values given as KEY=VALUE are parsed as JSON when they parse (numbers, lists, objects), else kept as text.
+Recorded values and the log name no machine's paths: the repository (JSTYLE_GPU_CHECK_ROOT) is written ".",
+the user's home (JSTYLE_GPU_CHECK_USER_HOME) "~".
 Every write replaces the JSON file atomically under a lock (phases may end at once: one runs in the
 background), so a run killed at any point leaves a readable file.
 """
@@ -38,6 +42,26 @@ def _pairs(items: list[str]) -> dict[str, object]:
         if sep:
             out[key] = _value(val)
     return out
+
+
+def shorten(value: object, root: str, home: str) -> object:
+    """`value` (text, or lists/dicts of it) with `root`/... written ./... and `home`/... written ~/..."""
+    if isinstance(value, dict):
+        return {k: shorten(v, root, home) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shorten(v, root, home) for v in value]
+    if not isinstance(value, str):
+        return value
+    for prefix, short in ((root, "."), (home, "~")):  # the repository first: it may lie in the home
+        prefix = prefix.rstrip("/")
+        if prefix:
+            value = re.sub(r"(?<![\w.~/-])" + re.escape(prefix) + r"(?![\w.+-])", short, value)
+    return value
+
+
+def _short(value: object) -> object:
+    """shorten() with the run's repository and user home (from the environment gpu_check.sh sets)."""
+    return shorten(value, os.environ.get("JSTYLE_GPU_CHECK_ROOT", ""), os.environ.get("JSTYLE_GPU_CHECK_USER_HOME", ""))
 
 
 def load(path: Path) -> dict:
@@ -77,7 +101,7 @@ def record_phase(path: Path, name: str, status: str, seconds: float, figures: di
     with _locked(path):
         data = load(path)
         entry = data["phases"].get(name, {})
-        entry.update({"status": status, "seconds": round(seconds, 1)}, **figures)
+        entry.update({"status": status, "seconds": round(seconds, 1)}, **_short(figures))
         data["phases"][name] = entry
         save(path, data)
 
@@ -86,7 +110,7 @@ def record_machine(path: Path, facts: dict[str, object]) -> None:
     """Merge `facts` into the JSON's machine section."""
     with _locked(path):
         data = load(path)
-        data["machine"].update(facts)
+        data["machine"].update(_short(facts))
         save(path, data)
 
 
@@ -131,15 +155,16 @@ def python_config(base: str, out: Path) -> str:
 
 
 def pytest_summary(log: Path) -> dict[str, object]:
-    """passed/failed/error/skipped counts and the first line of each failure from a `pytest -v -rfE` log
-    (works on a log cut short by a timeout: counts are of the lines written)."""
+    """passed/failed/error/skipped counts, the first line of each failure and the slowest steps (its --durations
+    lines) from a `pytest -v -rfE` log (works on a log cut short by a timeout: counts are of the lines written)."""
     text = log.read_text(errors="replace") if log.is_file() else ""
     counts = {k: 0 for k in ("passed", "failed", "error", "skipped", "xfailed")}
     for m in re.finditer(r"^\S+::\S+ (PASSED|FAILED|ERROR|SKIPPED|XFAIL)\b", text, re.M):
         counts[{"XFAIL": "xfailed"}.get(m.group(1), m.group(1).lower())] += 1
     failures = [m.group(0)[:300] for m in re.finditer(r"^(FAILED|ERROR) \S+.*$", text, re.M)]
     finished = re.search(r"^=+ .*(passed|failed|error).* in [\d.]+s", text, re.M) is not None
-    return {**counts, "finished": finished, "failures": failures[:20]}
+    slowest = [" ".join(m.groups()) for m in re.finditer(r"^([\d.]+s) (setup|call|teardown) +(\S+)", text, re.M)]
+    return {**counts, "finished": finished, "failures": failures[:20], "slowest": slowest[:8]}
 
 
 def bench_json(log: Path) -> list[dict]:
@@ -153,6 +178,16 @@ def bench_json(log: Path) -> list[dict]:
             except ValueError:
                 pass
     return out
+
+
+def task_seconds(manifest: Path) -> dict[str, object]:
+    """{task: seconds} of a run_all manifest (a task not done: its status), in the order the tasks started."""
+    try:
+        tasks = json.loads(manifest.read_text()).get("tasks", {})
+    except (OSError, ValueError):
+        return {}
+    return {k: t.get("seconds", t.get("status")) if t.get("status") == "done" else t.get("status")
+            for k, t in tasks.items()}
 
 
 def refsite(python: str, wheels: Path, reqs: Path, target: Path) -> dict[str, object]:
@@ -206,6 +241,12 @@ def main(argv: list[str]) -> int:
         print(load(Path(rest[0]))["phases"].get(rest[1], {}).get("status", "not run"))
     elif cmd == "refsite":
         print(json.dumps(refsite(rest[0], Path(rest[1]), Path(rest[2]), Path(rest[3]))))
+    elif cmd == "shorten":  # a filter: line by line, flushed (the run's log as it is written)
+        for line in sys.stdin:
+            sys.stdout.write(_short(line))
+            sys.stdout.flush()
+    elif cmd == "task-seconds":
+        print(json.dumps(task_seconds(Path(rest[0]))))
     elif cmd == "bench-json":
         print(json.dumps(bench_json(Path(rest[0]))))
     else:

@@ -27,6 +27,8 @@ mode=gpu
 export JSTYLE_GPU_CHECK_MODE="${JSTYLE_GPU_CHECK_MODE:-$mode}"
 mode="$JSTYLE_GPU_CHECK_MODE"
 export PYTHONUNBUFFERED=1
+# the JSON and the log write paths under these as ./ and ~/ (bench/_gpu_check.py shorten): no machine's paths
+export JSTYLE_GPU_CHECK_ROOT="$root" JSTYLE_GPU_CHECK_USER_HOME="${JSTYLE_GPU_CHECK_USER_HOME:-$HOME}"
 
 find_python() {  # VERSION: the path of a working CPython VERSION (python3.X on PATH, pyenv's, uv's), or fail
   local want="$1" cand exe
@@ -49,7 +51,8 @@ if [ "$mode" = gpu ]; then
   : "${JSTYLE_GPU_CHECK_HOME:=$root/.gpu-check-home}"   # ignored by git: kept on a warm machine between calls
   : "${JSTYLE_GPU_CHECK_TORCH_PYTHON:=/opt/torch/.venv/bin/python3}"
   : "${JSTYLE_GPU_CHECK_BASE_PYTHON:=$JSTYLE_GPU_CHECK_TORCH_PYTHON}"
-  device=cuda dtype=float16 demo_devices=0 latent=64 size=512 t2i_steps=25 styleid_steps=50 repeats=3
+  device=cuda dtype=float16 latent=64 size=512 t2i_steps=25 styleid_steps=50 repeats=3
+  demo_args=(--devices 0)   # the whole demo (3 styles, 200 LoRA steps each) on one CUDA worker
   tests="test_unet.py test_vae.py test_clip_text.py test_fp16.py test_pipeline.py test_lora.py"
   # phase limits, seconds (the budget caps them; what is left over flows to the later phases)
   lim_machine=60 lim_refsite=90 lim_build=300 lim_cuda_ops=90 lim_parity=100 lim_sd21=240
@@ -65,7 +68,10 @@ else
       exit 1
     }
   fi
-  device=cpu dtype=float32 demo_devices=cpu latent=8 size=64 t2i_steps=2 styleid_steps=2 repeats=1
+  device=cpu dtype=float32 latent=8 size=64 t2i_steps=2 styleid_steps=2 repeats=1
+  # one style, 20 LoRA steps: the same stages and kernels as the whole demo (its 3 styles share every shape),
+  # without the 3 x 200 LoRA steps that took 223 s a style here under load and ran the runner past 1200 s
+  demo_args=(--devices cpu --styles 00 --train-steps 20)
   tests="test_schedulers.py"
   # Limits of a plumbing check, not timings: from a fresh clone every kernel compiles cold, and a 2-core CPU
   # shared with other work took 3-4x an idle one's time (the core build 799 s, the parity tests > 300 s, the
@@ -231,7 +237,7 @@ phase_parity() {  # the tiny parity tests with Jittor on $device, references fro
   jstyle_env
   local args=() t rc
   for t in $tests; do args+=("tests/jstyle/$t"); done
-  JSTYLE_TEST_DEVICE="$device" "$JSTYLE_PYTHON" -m pytest "${args[@]}" -v -rfE -p no:cacheprovider 2>&1 \
+  JSTYLE_TEST_DEVICE="$device" "$JSTYLE_PYTHON" -m pytest "${args[@]}" -v -rfE --durations=8 -p no:cacheprovider 2>&1 \
     | tee "$work/pytest.log"
   rc="${PIPESTATUS[0]}"
   fig "summary=$(hpy pytest-summary "$work/pytest.log")"
@@ -257,10 +263,14 @@ phase_bench_styleid() {  # jstyle's side only (see the report); its first call i
 phase_runner() {  # run_all.sh --demo end to end on a CUDA worker (no scoring: the checker env is not here)
   local out="$work/demo-out" rc
   rm -rf "$out"
-  bash "$root/run_all.sh" --demo --devices "$demo_devices" --no-check --no-progress --out "$out"
+  # the seconds of each task run_all finished, also when the phase's timeout stops it (TERM)
+  trap 'fig "task_s=$(hpy task-seconds "$out/manifest.json")"; exit 1' TERM
+  bash "$root/run_all.sh" --demo "${demo_args[@]}" --no-check --no-progress --out "$out"
   rc=$?
+  trap - TERM
+  fig "task_s=$(hpy task-seconds "$out/manifest.json")"
   fig "submission_zip=$([ -s "$out/submission.zip" ] && echo 1 || echo 0)" "out=$out"
-  fig "worker_log=$(grep -rhs "loaded .* on " "$out/logs" 2>/dev/null | head -n 3 | tr '\n' ' ' | cut -c1-400)"
+  fig "worker_log=$(grep -hs "loaded .* on " "$out"/logs/worker-*.log 2>/dev/null | head -n 3 | tr '\n' ' ' | cut -c1-400)"
   return "$rc"
 }
 
@@ -303,7 +313,7 @@ run_phase() {  # NAME LIMIT [NEEDS...]: run a phase, record it; returns 0 when i
 main() {  # a function, so that bash has read the whole file before it runs (safe to edit while running)
   mkdir -p "$OUT" "$work"
   : > "$log"
-  exec > >(tee -a "$log") 2>&1
+  exec > >(hpy shorten | tee -a "$log") 2>&1
   tee_pid=$!
   t_start=$SECONDS
   rm -f "$json"

@@ -35,8 +35,11 @@ jittor_pin="$(grep '^jittor==' "$whl/requirements.txt" || true)"
 pins=()
 while IFS= read -r pin; do pins+=("$pin"); done < <(grep -v '^jittor==' "$whl/requirements.txt" || true)
 
-dl() {
-  "$py" -m pip download --disable-pip-version-check -q --no-deps -d "$whl" "$@" || {
+dl() {  # (a pip.conf's find-links folder that is not there: one warning per package, naming its path, dropped)
+  local rc=0
+  "$py" -m pip download --disable-pip-version-check -q --no-deps -d "$whl" "$@" 2>&1 \
+    | { grep -v "^WARNING: Location 'file:" || true; } >&2 || rc=$?
+  [ "$rc" = 0 ] || {
     echo "error: pip download failed (see above); run this where a package index is reachable; not ready" >&2
     exit 1
   }
@@ -68,9 +71,9 @@ echo "size: .whl ${whl_kib} KiB + working tree ${tree_kib} KiB = ${total_mib} Mi
 [ "$total_mib" -le "$limit_mib" ] || { echo "error: ${total_mib} MiB is too much to carry; drop wheels or files" >&2; exit 1; }
 cat <<MSG
 ready. On a session lent a GPU, make this one call (then give_back):
-  run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=560)
+  run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
 It writes \$OUT/gpu_check.json and \$OUT/gpu_check.log (every phase: status, seconds, figures).
 If the budget ran out before the benchmarks, a second call on the still-warm machine reuses the build
 (.gpu-check-home/ stays in its tree) and runs only what is named, e.g.:
-  run(command="JSTYLE_GPU_CHECK_PHASES=machine,refsite,build,sd21,bench_unet,bench_txt2img,bench_train,bench_styleid,runner bash bench/gpu_check.sh", carry=[".whl"], timeout_s=560)
+  run(command="JSTYLE_GPU_CHECK_PHASES=machine,refsite,build,sd21,bench_unet,bench_txt2img,bench_train,bench_styleid,runner bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
 MSG
