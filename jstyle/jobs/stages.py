@@ -10,8 +10,6 @@ next prompt.
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +85,7 @@ def train_config(cfg: RunConfig, name: str, out_dir: Path, base_dtype: str) -> L
     mixed precision with a dynamic loss scale, a float32 base (--dtype float32: the JDiffusion baseline) in float32.
     Never float16 training at a loss scale of 1. A checkpoint every tenth of the steps (only the newest kept) lets
     a killed run resume its training."""
-    from ..training import mixed_precision_for, preset
+    from ..training import mixed_precision_for, preset, resume_checkpointing
 
     data = Path(cfg.data)
     folders = dict(style_dirs=tuple(str(data / s) for s in cfg.styles or list_styles(data))) if name == JOINT \
@@ -95,14 +93,12 @@ def train_config(cfg: RunConfig, name: str, out_dir: Path, base_dtype: str) -> L
     overrides = cfg.train_overrides()
     steps = overrides.get("max_train_steps", preset(cfg.preset).max_train_steps)
     return preset(cfg.preset, **overrides, **folders, output_dir=str(out_dir), progress=False,
-                  mixed_precision=mixed_precision_for(base_dtype), checkpointing_steps=max(1, steps // 10),
-                  checkpoints_total_limit=1)
+                  mixed_precision=mixed_precision_for(base_dtype), **resume_checkpointing(steps))
 
 
 def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any]:
     """Train the task's LoRA (a style's, or the joint one), from its newest checkpoint when a killed run left one."""
-    from ..train_lora import train_lora
-    from ..training.trainer import CHECKPOINT_DIR, resumable_checkpoint
+    from ..training.trainer import LoRATrainer
 
     out = (ctx.out_dir / task.outputs[0]).parent
     own = cfg.method_entry.train_function()
@@ -110,18 +106,10 @@ def train(cfg: RunConfig, task: Task, ctx: WorkerContext, pipe) -> dict[str, Any
         info = own(pipe, cfg, task.style, out)
         ctx.cache.pop("lora", None)  # what its training left in the pipeline: reloaded from the file when used
         return {"lora": task.outputs[0], **info}
-    tcfg = train_config(cfg, task.style, out, pipe.dtype)
-    resume = resumable_checkpoint(tcfg)
-    if resume is None:  # checkpoints of other settings cannot be resumed
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    else:
-        tcfg = dataclasses.replace(tcfg, resume=str(resume))
-        ctx.log.info("resuming %s from %s", task.key, resume)
-    train_lora(tcfg, pipe=pipe)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the final LoRA is written: nothing left to resume
+    _, resumed = LoRATrainer.train_resuming(pipe, train_config(cfg, task.style, out, pipe.dtype), log=ctx.log)
     # training leaves this whole LoRA in the pipeline; with layers to skip at inference it is reloaded
     ctx.cache["lora"] = ("trained", task.outputs[0]) if cfg.lora_skip() else (task.outputs[0], ())
-    return {"lora": task.outputs[0], "resumed_from_step": int(resume.name[5:]) if resume else 0}
+    return {"lora": task.outputs[0], "resumed_from_step": resumed}
 
 
 def content_image(cfg: RunConfig, style: str, obj: str, ctx: WorkerContext, pipe) -> tuple[np.ndarray, str]:

@@ -153,12 +153,14 @@ def _examples(style_dir: Path, token: str, size: int):
     return [dataclasses.replace(e, prompt=styled_prompt(e.obj, token)) for e in load_style_examples(cfg)]
 
 
-def _base_training(style_dir: Path, folder: Path, size: int, seed: int, dtype: str) -> dict[str, Any]:
-    """The settings every StyleBlend training shares: square resize as the official datasets, batch 1."""
-    from ..training.config import mixed_precision_for
+def _base_training(style_dir: Path, folder: Path, size: int, seed: int, dtype: str, steps: int) -> dict[str, Any]:
+    """The settings every StyleBlend training shares: square resize as the official datasets, batch 1, and
+    run_all's checkpoints (every tenth of the steps) that a killed run resumes from."""
+    from ..training.config import mixed_precision_for, resume_checkpointing
 
     return dict(style_dir=str(style_dir), output_dir=str(folder), resolution=size, resize="squash", crop="center",
-                seed=seed, progress=False, mixed_precision=mixed_precision_for(dtype))
+                seed=seed, progress=False, mixed_precision=mixed_precision_for(dtype), max_train_steps=steps,
+                **resume_checkpointing(steps))
 
 
 def make_coarse_data(pipe, st: StyleBlendConfig, style_dir: Path, folder: Path, size: int, seed: int) -> list:
@@ -184,10 +186,13 @@ def make_coarse_data(pipe, st: StyleBlendConfig, style_dir: Path, folder: Path, 
     return out
 
 
-def train(pipe, st: StyleBlendConfig, style_dir: Path, folder: Path, size: int) -> Path:
+def train(pipe, st: StyleBlendConfig, style_dir: Path, folder: Path, size: int,
+          resumed: dict[str, int] | None = None) -> Path:
     """Train one style's StyleBlend weights into `folder`: coarse_data/, coarse/ (text-encoder LoRA and <C>),
     fine_ti/ (<F>), fine_lora/ (UNet LoRA), then pytorch_lora_weights.safetensors holding both LoRAs (written
-    last: its presence means done). A stage whose file exists is loaded instead of trained (a rerun resumes)."""
+    last: its presence means done). A training whose file exists is loaded instead of trained, one a killed run
+    was in resumes from its last checkpoint (every tenth of its steps; deleted once its file is written).
+    `resumed` gets, per training run here (by folder name), the step it started from."""
     from .. import lora as L
     from ..textual_inversion import WEIGHT_NAME as TI_NAME
     from ..textual_inversion import add_tokens, save_learned_embeds
@@ -197,19 +202,20 @@ def train(pipe, st: StyleBlendConfig, style_dir: Path, folder: Path, size: int) 
 
     ti_steps, lora_steps, coarse_steps = st.training_steps()
     L.unload_lora(pipe)
-    base = lambda sub: _base_training(style_dir, folder / sub, size, st.seed, pipe.dtype)  # noqa: E731
+    base = lambda sub, steps: _base_training(style_dir, folder / sub, size, st.seed, pipe.dtype, steps)  # noqa: E731
+    resumed = {} if resumed is None else resumed
     # coarse: SDEdit data from the base model, <C> at its initial embedding, a text-encoder LoRA
     init = pipe.text_encoder.embeddings.token_embedding.weight[pipe.tokenizer.encode(COARSE_INIT, False)[0]]
     init = init.float32().numpy()
     add_tokens(pipe.tokenizer, pipe.text_encoder, {COARSE_TOKEN: init})
     coarse_file = folder / COARSE_DIR / L.WEIGHT_NAME
     if not coarse_file.is_file():
+        save_learned_embeds(folder / COARSE_DIR / TI_NAME, COARSE_TOKEN, init)  # first: the LoRA file means done
         data = make_coarse_data(pipe, st, style_dir, folder / DATA_DIR, size, st.seed)
-        cfg = LoRATrainConfig(**base(COARSE_DIR), unet_targets=(), rank=st.rank,
+        cfg = LoRATrainConfig(**base(COARSE_DIR, coarse_steps), unet_targets=(), rank=st.rank,
                               text_encoder_targets=("q_proj", "k_proj", "v_proj", "out_proj"),
-                              learning_rate=st.coarse_lr, max_train_steps=coarse_steps)
-        LoRATrainer(pipe, cfg, data).train()
-        save_learned_embeds(folder / COARSE_DIR / TI_NAME, COARSE_TOKEN, init)
+                              learning_rate=st.coarse_lr)
+        resumed[COARSE_DIR] = LoRATrainer.train_resuming(pipe, cfg, data)[1]
     else:
         L.load_lora_weights(pipe.text_encoder, L.read_lora_file(coarse_file).layers["text_encoder"], "text_encoder",
                             str(coarse_file))
@@ -217,19 +223,20 @@ def train(pipe, st: StyleBlendConfig, style_dir: Path, folder: Path, size: int) 
     try:
         ti_file = folder / FINE_TI_DIR / TI_NAME
         if not ti_file.is_file():
-            cfg = TextualInversionConfig(**base(FINE_TI_DIR), placeholder_token=FINE_TOKEN, initializer_token=FINE_INIT,
-                                         instance_template=f"a {{obj}} in the style of {FINE_TOKEN}.", hflip=True,
+            cfg = TextualInversionConfig(**base(FINE_TI_DIR, ti_steps), placeholder_token=FINE_TOKEN,
+                                         initializer_token=FINE_INIT, hflip=True,
+                                         instance_template=f"a {{obj}} in the style of {FINE_TOKEN}.",
                                          learning_rate=st.ti_lr, adam_beta1=0.85, lr_scheduler="step",
-                                         lr_step_size=30, lr_step_gamma=0.7, max_train_steps=ti_steps)
-            TextualInversionTrainer(pipe, cfg, _examples(style_dir, FINE_TOKEN, size)).train()
+                                         lr_step_size=30, lr_step_gamma=0.7)
+            examples = _examples(style_dir, FINE_TOKEN, size)
+            resumed[FINE_TI_DIR] = TextualInversionTrainer.train_resuming(pipe, cfg, examples)[1]
         else:
             pipe.load_textual_inversion(ti_file)
         lora_file = folder / FINE_LORA_DIR / L.WEIGHT_NAME
         if not lora_file.is_file():
-            cfg = LoRATrainConfig(**base(FINE_LORA_DIR), rank=st.rank, hflip=True, learning_rate=st.lora_lr,
-                                  lr_scheduler="step", lr_step_size=200, lr_step_gamma=0.5,
-                                  max_train_steps=lora_steps)
-            LoRATrainer(pipe, cfg, _examples(style_dir, FINE_TOKEN, size)).train()
+            cfg = LoRATrainConfig(**base(FINE_LORA_DIR, lora_steps), rank=st.rank, hflip=True,
+                                  learning_rate=st.lora_lr, lr_scheduler="step", lr_step_size=200, lr_step_gamma=0.5)
+            resumed[FINE_LORA_DIR] = LoRATrainer.train_resuming(pipe, cfg, _examples(style_dir, FINE_TOKEN, size))[1]
         else:
             L.load_lora_weights(pipe.unet, L.read_lora_file(lora_file).layers["unet"], "unet", str(lora_file))
     finally:
@@ -307,6 +314,6 @@ def inject(pipe, job) -> tuple[np.ndarray, dict]:
 
 def train_stage(pipe, run, style: str, folder: Path) -> dict[str, Any]:
     """run_all's train stage for StyleBlend (jstyle.methods.registry `Method.train`)."""
-    st = run.method_settings()
-    path = train(pipe, st, Path(run.data) / style, folder, run.train_size or run.size)
-    return {"weights": path.name, "tokens": [FINE_TOKEN, COARSE_TOKEN]}
+    st, resumed = run.method_settings(), {}
+    path = train(pipe, st, Path(run.data) / style, folder, run.train_size or run.size, resumed)
+    return {"weights": path.name, "tokens": [FINE_TOKEN, COARSE_TOKEN], "resumed_from_step": resumed}

@@ -13,7 +13,7 @@ from ..lora import COMPONENTS, DEFAULT_TARGETS, INITS
 from .optim import SCHEDULES
 from .timesteps import STYLE_FRIENDLY_MEAN, STYLE_FRIENDLY_STD, TIMESTEP_SAMPLINGS
 
-__all__ = ["LoRATrainConfig", "PRESETS", "preset", "RESUME_FREE_FIELDS"]
+__all__ = ["LoRATrainConfig", "PRESETS", "preset", "RESUME_FREE_FIELDS", "resume_checkpointing"]
 
 PRECISIONS = ("no", "fp16")
 CROPS = ("random", "center")
@@ -206,6 +206,12 @@ def mixed_precision_for(base_dtype: str) -> str:
     """The precision LoRA training on a base in `base_dtype` runs in: a float16 base needs "fp16" (float32 LoRA
     tensors, a dynamic loss scale), as diffusers' scripts tie a float16 weight_dtype to --mixed_precision fp16."""
     return "fp16" if base_dtype == "float16" else "no"
+
+
+def resume_checkpointing(max_train_steps: int) -> dict[str, int]:
+    """The checkpoint settings that let a killed training resume (`LoRATrainer.train_resuming`): a checkpoint every
+    tenth of the steps, only the newest kept."""
+    return {"checkpointing_steps": max(1, max_train_steps // 10), "checkpoints_total_limit": 1}
 
 
 def preset(name: str, **overrides: Any) -> LoRATrainConfig:

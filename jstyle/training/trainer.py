@@ -10,7 +10,9 @@ x_t = sqrt(a_t) z + sqrt(1 - a_t) eps, target = eps (epsilon) or sqrt(a_t) eps -
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -326,6 +328,24 @@ class LoRATrainer:
         jt.sync(self.params)
 
     # ------------------------------------------------------------ run
+
+    @classmethod
+    def train_resuming(cls, pipe: Any, cfg: LoRATrainConfig, examples: list[Example] | None = None,
+                       log: logging.Logger | None = None) -> tuple[Path, int]:
+        """Train from the newest checkpoint under cfg.output_dir made with cfg's settings (a killed run's; others
+        are deleted, they cannot be resumed), then delete the checkpoints once the weights file is written.
+        Returns (the weights file, the step resumed from: 0 for a fresh start)."""
+        folder = Path(cfg.output_dir) / CHECKPOINT_DIR
+        resume = resumable_checkpoint(cfg)
+        if resume is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            cfg = dataclasses.replace(cfg, resume=str(resume))
+            if log is not None:
+                log.info("resuming %s from %s", cfg.output_dir, resume)
+        path = cls(pipe, cfg, examples).train()
+        shutil.rmtree(folder, ignore_errors=True)  # the weights are written: nothing left to resume
+        return path, int(resume.name[5:]) if resume else 0
 
     def train(self, stop_after: int | None = None) -> Path:
         """Train to max_train_steps (or stop after `stop_after` more steps, as an interruption would);
