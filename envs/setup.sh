@@ -91,24 +91,27 @@ warm_jittor() {
   mkdir -p "$JITTOR_HOME" && touch "$JITTOR_HOME/.jstyle-core-built"
 }
 
-# oneDNN for Jittor's conv/matmul on CPU (13x faster at SD size); Jittor never downloads it. Sources, first that
-# works: Intel's pip packages (envs/onednn-requirements.txt, no root, any distribution) into a cached folder, then
-# Debian's libdnnl-dev (apt-get as root). JSTYLE_ONEDNN_SOURCE=system skips the pip packages; JSTYLE_ONEDNN=0 uses
-# none. Jittor skips its own download when its cache holds this folder: include/ and lib/libmkldnn.so (plus
-# lib/libdnnl.so.2, the name its ops load through their runpath); env.sh adds a non-system include/ to CPATH.
-onednn_from_pip() {  # prints the folder holding lib/libdnnl.so.2 and include/dnnl.hpp
-  local req="$here/onednn-requirements.txt" dir
-  dir="$JSTYLE_HOME/onednn/$(stamp_of "$req")"
+# REQ NAME FILE...: REQ's packages (pip, no dependencies, no root) in $JSTYLE_HOME/NAME/<stamp>, installed once; prints
+# the folder. Fails (nothing printed, no half-installed folder kept) when pip cannot install them or a FILE is missing.
+pip_prefix() {
+  local req="$here/$1" dir file
+  dir="$JSTYLE_HOME/$2/$(stamp_of "$req")"
+  shift 2
   if [ ! -e "$dir/.jstyle-stamp" ]; then
     rm -rf "$dir.tmp"
     "$JSTYLE_PYTHON" -m pip install --disable-pip-version-check -q --no-deps --prefix "$dir.tmp" -r "$req" \
       >/dev/null 2>&1 || { rm -rf "$dir.tmp"; return 1; }
-    [ -e "$dir.tmp/lib/libdnnl.so.2" ] && [ -e "$dir.tmp/include/dnnl.hpp" ] || { rm -rf "$dir.tmp"; return 1; }
+    for file in "$@"; do [ -e "$dir.tmp/$file" ] || { rm -rf "$dir.tmp"; return 1; }; done
     touch "$dir.tmp/.jstyle-stamp" && rm -rf "$dir" && mv "$dir.tmp" "$dir"
   fi
   printf '%s\n' "$dir"
 }
 
+# oneDNN for Jittor's conv/matmul on CPU (13x faster at SD size); Jittor never downloads it. Sources, first that
+# works: Intel's pip packages (envs/onednn-requirements.txt, no root, any distribution) into a cached folder, then
+# Debian's libdnnl-dev (apt-get as root). JSTYLE_ONEDNN_SOURCE=system skips the pip packages; JSTYLE_ONEDNN=0 uses
+# none. Jittor skips its own download when its cache holds this folder: include/ and lib/libmkldnn.so (plus
+# lib/libdnnl.so.2, the name its ops load through their runpath); env.sh adds a non-system include/ to CPATH.
 onednn_from_system() {  # prints "LIB INCLUDE" of the system's oneDNN 2.x, installing Debian's as root where it can
   local cand
   if [ ! -e /usr/include/dnnl.hpp ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -127,7 +130,8 @@ onednn_from_system() {  # prints "LIB INCLUDE" of the system's oneDNN 2.x, insta
 wire_onednn() {
   [ "${JSTYLE_ONEDNN:-1}" = 1 ] || { log "oneDNN disabled (JSTYLE_ONEDNN=0): use_mkl=0"; return 0; }
   local lib="" inc="" from dir="$JSTYLE_ONEDNN_DIR"
-  if [ "${JSTYLE_ONEDNN_SOURCE:-pip}" != system ] && from="$(onednn_from_pip)"; then
+  if [ "${JSTYLE_ONEDNN_SOURCE:-pip}" != system ] \
+      && from="$(pip_prefix onednn-requirements.txt onednn lib/libdnnl.so.2 include/dnnl.hpp)"; then
     lib="$from/lib/libdnnl.so.2" inc="$from/include"
   elif from="$(onednn_from_system)"; then
     read -r lib inc <<<"$from"
@@ -150,21 +154,12 @@ wire_onednn() {
 # kernels are kept. JSTYLE_MKL=0 skips it (Jittor's oneDNN GEMMs then).
 install_mkl() {
   [ "${JSTYLE_MKL:-1}" = 1 ] || { log "MKL disabled (JSTYLE_MKL=0): GEMMs by oneDNN"; return 0; }
-  local req="$here/mkl-requirements.txt" dir
-  dir="$JSTYLE_HOME/mkl/$(stamp_of "$req")"
-  if [ ! -e "$dir/.jstyle-stamp" ]; then
-    rm -rf "$dir.tmp"
-    if ! "$JSTYLE_PYTHON" -m pip install --disable-pip-version-check -q --no-deps --prefix "$dir.tmp" -r "$req" \
-        >/dev/null 2>&1 || [ ! -e "$dir.tmp/lib/libmkl_gnu_thread.so.3" ]; then
-      rm -rf "$dir.tmp"
-      log "MKL not available (pip could not install envs/mkl-requirements.txt): GEMMs by oneDNN"
-      return 0
-    fi
-    find "$dir.tmp/lib" -maxdepth 1 -name 'libmkl_*' \( -name '*scalapack*' -o -name '*blacs*' -o -name '*cdft*' \
-      -o -name '*tbb_thread*' -o -name '*intel_thread*' -o -name '*sequential*' -o -name '*ilp64*' \
-      -o -name 'libmkl_intel_lp64*' \) -delete
-    touch "$dir.tmp/.jstyle-stamp" && rm -rf "$dir" && mv "$dir.tmp" "$dir"
-  fi
+  local dir
+  dir="$(pip_prefix mkl-requirements.txt mkl lib/libmkl_gnu_thread.so.3)" \
+    || { log "MKL not available (pip could not install envs/mkl-requirements.txt): GEMMs by oneDNN"; return 0; }
+  find "$dir/lib" -maxdepth 1 -name 'libmkl_*' \( -name '*scalapack*' -o -name '*blacs*' -o -name '*cdft*' \
+    -o -name '*tbb_thread*' -o -name '*intel_thread*' -o -name '*sequential*' -o -name '*ilp64*' \
+    -o -name 'libmkl_intel_lp64*' \) -delete  # layers jstyle does not load (a no-op once done)
   [ "$(readlink "$JSTYLE_HOME/mkl/lib")" = "$dir/lib" ] || ln -sfn "$dir/lib" "$JSTYLE_HOME/mkl/lib"
 }
 
